@@ -1,0 +1,1 @@
+//! A small async RESP client (REPL, tools, tests).
