@@ -1,1 +1,5 @@
-//! (module under construction; see lib.rs for its role)
+//! The single-node LSM storage engine (under construction).
+
+pub mod types;
+
+pub use types::{Entry, SeqNo, TableId};
