@@ -115,7 +115,7 @@ pub enum Causality {
 /// actor with no duplicate actors, and every counter is at least 1 (an absent
 /// actor means counter 0). Two vectors covering the same dots with the same
 /// timestamps are therefore equal as values.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VersionVector {
     entries: Vec<ClockEntry>,
 }
@@ -183,32 +183,33 @@ impl VersionVector {
     /// the one of the larger counter (the later of the two on a tie, so that
     /// `join` is commutative).
     pub fn join(&self, other: &VersionVector) -> VersionVector {
-        let mut entries = Vec::with_capacity(self.entries.len().max(other.entries.len()));
-        let (mut a, mut b) = (
-            self.entries.iter().peekable(),
-            other.entries.iter().peekable(),
-        );
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (Some(x), Some(y)) => match x.actor.cmp(&y.actor) {
-                    Ordering::Less => a.next(),
-                    Ordering::Greater => b.next(),
-                    Ordering::Equal => {
-                        let (x, y) = (a.next(), b.next());
-                        match (x, y) {
-                            (Some(x), Some(y)) if y.progress() > x.progress() => Some(y),
-                            _ => x,
-                        }
-                    }
-                },
-            };
-            if let Some(entry) = next {
-                entries.push(*entry);
+        let (a, b) = (&self.entries, &other.entries);
+        let mut entries = Vec::with_capacity(a.len().max(b.len()));
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            match a[i].actor.cmp(&b[j].actor) {
+                Ordering::Less => {
+                    entries.push(a[i]);
+                    i += 1;
+                }
+                Ordering::Greater => {
+                    entries.push(b[j]);
+                    j += 1;
+                }
+                Ordering::Equal => {
+                    let later = if b[j].progress() > a[i].progress() {
+                        b[j]
+                    } else {
+                        a[i]
+                    };
+                    entries.push(later);
+                    i += 1;
+                    j += 1;
+                }
             }
         }
+        entries.extend_from_slice(&a[i..]);
+        entries.extend_from_slice(&b[j..]);
         VersionVector { entries }
     }
 
@@ -311,6 +312,26 @@ impl ClockEntry {
     /// The order in which two entries of the same actor supersede each other.
     fn progress(&self) -> (u64, u64) {
         (self.counter, self.timestamp_ms)
+    }
+}
+
+impl fmt::Display for VersionVector {
+    /// `actor:counter` pairs by actor, as [`fmt_human`](super::context::fmt_human).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&super::context::fmt_human(self))
+    }
+}
+
+impl fmt::Debug for VersionVector {
+    /// `{actor:counter@timestamp_ms, ...}`: compact enough to read in a
+    /// failing test.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{")?;
+        for (i, e) in self.entries.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{}:{}@{}", e.actor, e.counter, e.timestamp_ms)?;
+        }
+        f.write_str("}")
     }
 }
 

@@ -43,7 +43,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 
 use super::clock::{ActorId, ClockEntry, Dot, VersionVector};
-use super::siblings::{Payload, SiblingSet, Version};
+use super::siblings::{obsolete_flags, Payload, SiblingSet, Version};
 use crate::error::Error;
 
 /// The first byte of every encoded sibling set written by this build.
@@ -368,10 +368,7 @@ fn decode_set(
         });
     }
     reader.finish()?;
-    if versions
-        .iter()
-        .any(|x| versions.iter().any(|y| y.obsoletes(x)))
-    {
+    if obsolete_flags(&versions).contains(&true) {
         return Err(CodecError {
             offset: 0,
             detail: "a version supersedes another in the same set",

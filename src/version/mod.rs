@@ -65,6 +65,16 @@
 //! old ones and silently lost (Riak's kv679). A new incarnation is a new
 //! actor, so its dots are new.
 //!
+//! The same reasoning gives an invariant every caller must keep: **a replica
+//! never loses versions of a key except through [`SiblingSet::merge`],
+//! [`SiblingSet::write`] or tombstone GC under the rule below.** Anything
+//! else that makes a node forget versions while keeping its actor id (a
+//! `FLUSHALL` implemented as a local wipe, restoring an old backup, skipping
+//! an unreadable SSTable) lets its next context-free write of such a key
+//! reuse a counter that other replicas hold, and that write is then silently
+//! superseded. Such operations must write tombstones, or give the node a new
+//! [`ActorId`].
+//!
 //! # Counter reset when a key is fully purged
 //!
 //! Counters live only in the key's versions. Once tombstone GC

@@ -277,6 +277,21 @@ impl SiblingSet {
         self.versions = normalize(all);
     }
 
+    /// [`merge`](Self::merge) taking `other` by value, which saves cloning
+    /// its versions (replication and read repair receive owned sets).
+    pub fn merge_owned(&mut self, other: SiblingSet) {
+        if other.versions.is_empty() || *self == other {
+            return;
+        }
+        if self.versions.is_empty() {
+            *self = other;
+            return;
+        }
+        let mut all = std::mem::take(&mut self.versions);
+        all.extend(other.versions);
+        self.versions = normalize(all);
+    }
+
     /// Applies a write coordinated by `actor` with causal context `ctx`, and
     /// returns the new version's dot. The new dot's counter is one more than
     /// the highest counter of `actor` in this set's context or in `ctx`;
@@ -319,8 +334,10 @@ impl SiblingSet {
         prune: &PrunePolicy,
     ) -> Dot {
         let seen = self.highest_counter(actor).max(ctx.get(actor));
+        // Saturation is unreachable in practice (2^64 writes of one key); it
+        // would reuse a dot, so the old holder of that dot is replaced.
         let dot = Dot::new(actor, seen.saturating_add(1));
-        self.versions.retain(|v| !ctx.covers(v.dot));
+        self.versions.retain(|v| !ctx.covers(v.dot) && v.dot != dot);
         let mut past = ctx.clone();
         past.prune_older_than(prune.max_entries, now_ms.saturating_sub(prune.min_age_ms));
         let version = Version {
@@ -335,6 +352,20 @@ impl SiblingSet {
         let at = self.versions.partition_point(|v| v.dot < dot);
         self.versions.insert(at, version);
         dot
+    }
+
+    /// A context-free write (`SET`, `DEL`, ...) coordinated by `actor`: it
+    /// supersedes every version this replica holds. Same as
+    /// [`write`](Self::write) with `ctx = self.causal_context()`.
+    pub fn overwrite(
+        &mut self,
+        actor: ActorId,
+        payload: Payload,
+        expires_at_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Dot {
+        let ctx = self.causal_context();
+        self.write(actor, &ctx, payload, expires_at_ms, now_ms)
     }
 
     /// How many versions the set would hold after a write with context
@@ -356,6 +387,13 @@ impl SiblingSet {
         let known = self.causal_context();
         for entry in ctx {
             let reached = known.get(entry.actor);
+            if reached == 0 {
+                return Err(Error::invalid(format!(
+                    "invalid context: it names {}:{} but that actor never wrote this key \
+                     (is the context from another key?)",
+                    entry.actor, entry.counter
+                )));
+            }
             if entry.counter > reached {
                 return Err(Error::invalid(format!(
                     "invalid context: it claims {}:{} but this key only reached {}:{reached}",
@@ -404,6 +442,53 @@ impl SiblingSet {
     }
 }
 
+/// Up to this many versions, [`obsolete_flags`] compares pairwise.
+const SMALL_SET: usize = 16;
+
+/// For each version (dots unique), whether another version of the slice
+/// supersedes it.
+///
+/// Linear in the total number of clock entries rather than quadratic in the
+/// number of versions: per actor it keeps the two largest counters any past
+/// holds for that actor (from different versions), so "some *other* version
+/// covers this dot" is one lookup even when the largest is the version's own
+/// past (which only decoded garbage can produce).
+pub(crate) fn obsolete_flags(versions: &[Version]) -> Vec<bool> {
+    // Small sets (almost every key) are cheaper to check pairwise than to
+    // build a map for.
+    if versions.len() <= SMALL_SET {
+        return versions
+            .iter()
+            .map(|x| versions.iter().any(|y| y.obsoletes(x)))
+            .collect();
+    }
+    // actor -> (largest counter, index of its version, largest from any other version)
+    let mut reach: std::collections::HashMap<ActorId, (u64, usize, u64)> =
+        std::collections::HashMap::with_capacity(versions.len() * 2);
+    for (index, version) in versions.iter().enumerate() {
+        for entry in &version.past {
+            let slot = reach.entry(entry.actor).or_insert((0, usize::MAX, 0));
+            if entry.counter > slot.0 {
+                *slot = (entry.counter, index, slot.0);
+            } else if entry.counter > slot.2 {
+                slot.2 = entry.counter;
+            }
+        }
+    }
+    versions
+        .iter()
+        .enumerate()
+        .map(|(index, version)| {
+            reach
+                .get(&version.dot.actor)
+                .is_some_and(|&(best, best_index, second)| {
+                    let by_other = if best_index == index { second } else { best };
+                    by_other >= version.dot.counter
+                })
+        })
+        .collect()
+}
+
 /// Sorts by dot, collapses duplicate dots and drops superseded versions.
 ///
 /// Duplicate dots mean the same write reached us twice and are identical in
@@ -419,11 +504,7 @@ fn normalize(mut versions: Vec<Version>) -> Vec<Version> {
             .then_with(|| b.cmp(a))
     });
     versions.dedup_by(|later, first| later.dot == first.dot);
-    // O(n^2) in the number of versions, which SiblingLimits keeps small.
-    let obsolete: Vec<bool> = versions
-        .iter()
-        .map(|x| versions.iter().any(|y| y.obsoletes(x)))
-        .collect();
+    let obsolete = obsolete_flags(&versions);
     let mut obsolete = obsolete.into_iter();
     versions.retain(|_| !obsolete.next().unwrap_or(false));
     versions
@@ -614,7 +695,12 @@ mod tests {
             err.to_resp(),
             format!("ERR invalid context: it claims {SX}:3 but this key only reached {SX}:2")
         );
-        assert!(key.validate_context(&vv(&[(0x5b, 1)])).is_err());
+        let err = key.validate_context(&vv(&[(0x5b, 1)])).unwrap_err();
+        assert!(
+            err.to_resp().contains("never wrote this key"),
+            "{}",
+            err.to_resp()
+        );
         assert!(SiblingSet::new()
             .validate_context(&vv(&[(0x5a, 1)]))
             .is_err());
@@ -695,6 +781,47 @@ mod tests {
         let before = a.clone();
         a.merge(&before);
         assert_eq!(a, before);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn obsolescence_check_agrees_with_its_definition(
+            raw in proptest::collection::vec(
+                (1u64..4, 1u64..20, crate::version::clock::tests::arb_clock()),
+                0..40,
+            ),
+        ) {
+            // Unique dots, arbitrary (even self-covering) pasts.
+            let mut versions: Vec<Version> = raw
+                .into_iter()
+                .map(|(a, c, past)| Version {
+                    dot: Dot::new(ActorId(a), c),
+                    past,
+                    payload: Payload::Tombstone,
+                    expires_at_ms: None,
+                    written_at_ms: 0,
+                })
+                .collect();
+            versions.sort_by_key(|v| v.dot);
+            versions.dedup_by_key(|v| v.dot);
+            let naive: Vec<bool> = versions
+                .iter()
+                .map(|x| versions.iter().any(|y| y.obsoletes(x)))
+                .collect();
+            proptest::prop_assert_eq!(obsolete_flags(&versions), naive);
+        }
+    }
+
+    #[test]
+    fn overwrite_supersedes_everything_the_replica_holds() {
+        let mut key = SiblingSet::new();
+        key.write(SX, &VersionVector::new(), value("a"), None, 1);
+        key.write(SY, &VersionVector::new(), value("b"), None, 1);
+        assert_eq!(key.overwrite(SZ, value("c"), None, 2), Dot::new(SZ, 1));
+        assert_eq!(values(&key, 2), [b"c".as_slice()]);
+        let mut copy = SiblingSet::new();
+        copy.merge_owned(key.clone());
+        assert_eq!(copy, key);
     }
 
     #[test]

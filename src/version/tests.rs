@@ -162,6 +162,9 @@ proptest! {
         let pick = |i: &Index| h.snapshots[i.index(h.snapshots.len())].clone();
         let (a, b, c) = (pick(&a), pick(&b), pick(&c));
         prop_assert_eq!(merged(&a, &a), a.clone());
+        let mut owned = a.clone();
+        owned.merge_owned(b.clone());
+        prop_assert_eq!(&owned, &merged(&a, &b));
         prop_assert_eq!(merged(&a, &b), merged(&b, &a));
         prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
         assert_normalized(&merged(&merged(&a, &b), &c))?;
