@@ -28,8 +28,10 @@ pub struct Version {
     /// it covers is superseded by this one.
     pub past: VersionVector,
     pub payload: Payload,
-    /// Absolute expiry (ms since the Unix epoch); the version reads as absent
-    /// from this instant on (strictly after it, as Redis does).
+    /// Absolute expiry (ms since the Unix epoch). The version reads as absent
+    /// once the clock has passed this instant; at the instant itself it is
+    /// still readable, as in Redis (`now > when` means expired). Nodes are
+    /// assumed NTP-synced, since any replica may judge expiry.
     pub expires_at_ms: Option<u64>,
     /// When the coordinator made the write (ms since the Unix epoch). Used for
     /// tombstone grace periods and clock pruning, never for ordering.
@@ -111,7 +113,8 @@ pub const DEFAULT_MAX_CLOCK_ENTRIES: usize = 10;
 /// One day, Riak's `old_vclock` default.
 pub const DEFAULT_PRUNE_MIN_AGE_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// Bounds on the number of versions of one key.
+/// Bounds on the number of versions of one key (tombstones and expired
+/// versions count: they cost the same to store and merge).
 ///
 /// A key that accumulates siblings costs every read and every merge; past
 /// `max` the caller refuses client writes that would add another one (merges
