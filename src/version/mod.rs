@@ -28,11 +28,11 @@
 //! The causal context of a key ([`SiblingSet::causal_context`]) is the join
 //! of every stored version's full clock (`past` joined with `dot`),
 //! tombstones included. `VCLOCK` hands it out as an opaque token
-//! ([`context::encode_token`]); `SET` and the other context-free writes use
-//! the coordinator's own causal context, so they supersede everything the
-//! coordinator's replica knows (DESIGN.md §3), which makes the seed's D1..D5
-//! example come out as the seed describes (see the unit test
-//! `seed_example_d1_to_d5`).
+//! ([`context::encode_token`]); `SET` and the other context-free writes
+//! ([`SiblingSet::overwrite`]) use the coordinator's own causal context, so
+//! they supersede everything the coordinator's replica knows (DESIGN.md §3).
+//! That makes the seed's D1..D5 example come out as the seed describes (see
+//! the unit test `seed_example_d1_to_d5`).
 //!
 //! # Per-key counters from the coordinator's merged context
 //!
