@@ -22,6 +22,11 @@
 //! The coordinator (quorums), hints, Merkle trees and rebalancing join this
 //! module as further state machines of the same shape.
 
+pub mod membership;
+pub mod messages;
 pub mod ring;
+pub mod sim;
 
+pub use membership::{ClusterSettings, Effect, GossipConfig, Member, Membership, Status};
+pub use messages::Message;
 pub use ring::{key_hash, partition_of, NodeId, PartitionId, Ring, Token};
