@@ -96,7 +96,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::messages::Message;
-use super::ring::{validate_partitions, NodeId, DEFAULT_PARTITIONS};
+use super::ring::{validate_partitions, NodeId, Ring, DEFAULT_PARTITIONS};
 use crate::error::{Error, Result};
 
 /// A point in time, in milliseconds, on the clock the caller drives the state
@@ -524,6 +524,16 @@ impl Membership {
             .collect()
     }
 
+    /// The ring of the current [`ring_members`](Self::ring_members) with
+    /// the cluster's `Q` and `N`. Rebuild it on [`Effect::RingChanged`].
+    pub fn ring(&self) -> Result<Ring> {
+        Ring::new(
+            self.ring_members(),
+            self.settings.partitions,
+            self.settings.replicas as usize,
+        )
+    }
+
     /// How many known members have `status`.
     pub fn count(&self, status: Status) -> usize {
         self.members.values().filter(|m| m.status == status).count()
@@ -823,5 +833,340 @@ impl Membership {
             effects.push(self.push_to(to));
         }
         effects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn local(name: &str, incarnation: u64) -> LocalNode {
+        let peer_addr = format!("{name}:17000");
+        LocalNode {
+            id: NodeId::from_peer_addr(&peer_addr),
+            addr: format!("{name}:7000"),
+            peer_addr,
+            incarnation: Incarnation(incarnation),
+        }
+    }
+
+    fn node(name: &str) -> Membership {
+        Membership::new(
+            local(name, 1),
+            ClusterSettings::default(),
+            GossipConfig::default(),
+            7,
+            Millis(0),
+        )
+        .unwrap()
+    }
+
+    fn digest(name: &str, incarnation: u64, heartbeat: u64, left: bool) -> MemberDigest {
+        let l = local(name, incarnation);
+        MemberDigest {
+            id: l.id,
+            addr: l.addr,
+            peer_addr: l.peer_addr,
+            incarnation: Incarnation(incarnation),
+            heartbeat: Heartbeat(heartbeat),
+            left,
+        }
+    }
+
+    fn push(from: &str, members: Vec<MemberDigest>) -> GossipMessage {
+        GossipMessage {
+            settings: ClusterSettings::default(),
+            from: NodeId::from_peer_addr(&format!("{from}:17000")),
+            from_peer_addr: format!("{from}:17000"),
+            kind: GossipKind::Push,
+            members,
+        }
+    }
+
+    fn sends(effects: &[Effect]) -> Vec<&str> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { to, .. } => Some(to.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn id(name: &str) -> NodeId {
+        NodeId::from_peer_addr(&format!("{name}:17000"))
+    }
+
+    #[test]
+    fn entries_merge_by_incarnation_then_heartbeat() {
+        let mut a = node("a");
+        a.on_gossip(push("b", vec![digest("b", 1, 5, false)]), Millis(0));
+        assert_eq!(a.member(id("b")).unwrap().heartbeat, Heartbeat(5));
+        // Older heartbeat: ignored.
+        a.on_gossip(push("c", vec![digest("b", 1, 3, false)]), Millis(10));
+        assert_eq!(a.member(id("b")).unwrap().heartbeat, Heartbeat(5));
+        assert_eq!(a.member(id("b")).unwrap().last_news, Millis(0));
+        // New incarnation wins even with a lower heartbeat.
+        a.on_gossip(push("c", vec![digest("b", 2, 1, false)]), Millis(20));
+        let b = a.member(id("b")).unwrap();
+        assert_eq!((b.incarnation, b.heartbeat), (Incarnation(2), Heartbeat(1)));
+        assert_eq!(b.last_news, Millis(20));
+    }
+
+    #[test]
+    fn left_is_sticky_within_an_incarnation() {
+        let mut a = node("a");
+        a.on_gossip(push("b", vec![digest("b", 1, 5, false)]), Millis(0));
+        let effects = a.on_gossip(push("c", vec![digest("b", 1, 5, true)]), Millis(1));
+        assert!(effects.contains(&Effect::RingChanged));
+        assert_eq!(a.status(id("b")), Some(Status::Left));
+        // A later heartbeat of the same life does not revive it...
+        a.on_gossip(push("b", vec![digest("b", 1, 99, false)]), Millis(2));
+        assert_eq!(a.status(id("b")), Some(Status::Left));
+        assert!(!a.ring_members().contains(&id("b")));
+        // ... a new life does.
+        let effects = a.on_gossip(push("b", vec![digest("b", 2, 1, false)]), Millis(3));
+        assert_eq!(a.status(id("b")), Some(Status::Up));
+        assert!(effects.contains(&Effect::RingChanged));
+    }
+
+    #[test]
+    fn a_node_defends_its_own_entry() {
+        let mut a = node("a");
+        // Someone remembers a later life of ours: we jump past it.
+        a.on_gossip(push("b", vec![digest("a", 5, 9, false)]), Millis(0));
+        assert_eq!(a.local().incarnation, Incarnation(6));
+        assert_eq!(a.local().status, Status::Up);
+        // A tombstone of an older life changes nothing.
+        a.on_gossip(push("b", vec![digest("a", 5, 9, true)]), Millis(1));
+        assert_eq!(a.local().status, Status::Up);
+        // A tombstone of this life: we were forgotten.
+        let effects = a.on_gossip(push("b", vec![digest("a", 6, 0, true)]), Millis(2));
+        assert_eq!(a.local().status, Status::Left);
+        assert!(effects.contains(&Effect::RingChanged));
+        assert!(a.ring_members().is_empty());
+    }
+
+    #[test]
+    fn a_lone_node_knocks_on_its_seeds_every_round() {
+        let mut a = node("a");
+        a.add_seed("a:17000"); // its own address is ignored
+        a.add_seed("s:17000");
+        let effects = a.tick(Millis(0));
+        assert_eq!(sends(&effects), ["s:17000"]);
+        assert_eq!(a.local().heartbeat, Heartbeat(1));
+        // No second round within the interval.
+        assert!(a.tick(Millis(500)).is_empty());
+        assert_eq!(a.local().heartbeat, Heartbeat(1));
+        let effects = a.tick(Millis(1000));
+        assert_eq!(sends(&effects), ["s:17000"]);
+        assert_eq!(a.local().heartbeat, Heartbeat(2));
+    }
+
+    #[test]
+    fn a_round_pushes_to_fanout_live_peers_and_not_to_seeds() {
+        let mut a = node("a");
+        a.add_seed("s:17000");
+        let peers: Vec<MemberDigest> = (0..10)
+            .map(|i| digest(&format!("p{i}"), 1, 1, false))
+            .collect();
+        a.on_gossip(push("p0", peers), Millis(0));
+        let effects = a.tick(Millis(0));
+        let to = sends(&effects);
+        assert_eq!(to.len(), 3);
+        assert!(to.iter().all(|t| t.starts_with('p')));
+        let Effect::Send {
+            msg: Message::Gossip(g),
+            ..
+        } = &effects[effects.len() - 1]
+        else {
+            panic!("expected a gossip push, got {effects:?}");
+        };
+        assert_eq!(g.kind, GossipKind::Push);
+        assert_eq!(g.members.len(), 11);
+    }
+
+    #[test]
+    fn silence_makes_a_member_suspect_then_down_and_news_makes_it_up() {
+        let mut a = node("a");
+        a.on_gossip(push("b", vec![digest("b", 1, 1, false)]), Millis(0));
+        a.tick(Millis(4_999));
+        assert_eq!(a.status(id("b")), Some(Status::Up));
+        let effects = a.tick(Millis(5_000));
+        assert!(effects.contains(&Effect::StatusChanged {
+            id: id("b"),
+            from: Some(Status::Up),
+            to: Status::Suspect
+        }));
+        a.tick(Millis(10_000));
+        assert_eq!(a.status(id("b")), Some(Status::Down));
+        assert!(!a.is_live(id("b")));
+        // Down members stay in the ring.
+        assert!(a.ring_members().contains(&id("b")));
+        let ring = a.ring().unwrap();
+        assert_eq!(ring.members().len(), 2);
+        assert_eq!(ring.replication(), 2, "N is capped at the member count");
+        let effects = a.on_gossip(push("b", vec![digest("b", 1, 2, false)]), Millis(11_000));
+        assert!(effects.contains(&Effect::StatusChanged {
+            id: id("b"),
+            from: Some(Status::Down),
+            to: Status::Up
+        }));
+        // The same heartbeat again is not news.
+        a.tick(Millis(16_000));
+        assert_eq!(a.status(id("b")), Some(Status::Suspect));
+    }
+
+    #[test]
+    fn a_push_is_answered_only_with_news_and_a_reply_never() {
+        let mut a = node("a");
+        a.tick(Millis(0)); // heartbeat 1
+                           // The pusher already knows everything we know: no answer.
+        let effects = a.on_gossip(
+            push(
+                "b",
+                vec![digest("a", 1, 1, false), digest("b", 1, 1, false)],
+            ),
+            Millis(0),
+        );
+        assert!(sends(&effects).is_empty());
+        // The pusher lacks our newest heartbeat: answer with a reply.
+        a.tick(Millis(1000));
+        let effects = a.on_gossip(push("b", vec![digest("b", 1, 2, false)]), Millis(1000));
+        assert_eq!(sends(&effects), ["b:17000"]);
+        // A reply is merged but never answered.
+        let mut reply = push("c", vec![digest("c", 1, 1, false)]);
+        reply.kind = GossipKind::Reply;
+        assert!(sends(&a.on_gossip(reply, Millis(1000))).is_empty());
+        assert!(a.member(id("c")).is_some());
+    }
+
+    #[test]
+    fn gossip_with_other_settings_is_refused_and_not_merged() {
+        let mut a = node("a");
+        let mut msg = push("b", vec![digest("b", 1, 1, false)]);
+        msg.settings.partitions = 128;
+        let effects = a.on_gossip(msg, Millis(0));
+        assert!(a.member(id("b")).is_none());
+        assert!(matches!(&effects[0], Effect::Rejected { reason, .. }
+            if reason == "Q differs: peer has Q=128, this node Q=256"));
+        let Effect::Send {
+            to,
+            msg: Message::GossipReject(r),
+        } = &effects[1]
+        else {
+            panic!("expected a reject, got {effects:?}");
+        };
+        assert_eq!(to, "b:17000");
+        // The refused side reports it too.
+        let mut b = node("b");
+        let reported = b.on_reject(r.clone());
+        assert!(
+            matches!(&reported[0], Effect::Rejected { peer_addr, .. } if peer_addr == "a:17000")
+        );
+
+        let other = ClusterSettings {
+            name: "other".into(),
+            ..ClusterSettings::default()
+        };
+        assert!(ClusterSettings::default()
+            .mismatch(&other)
+            .is_some_and(|r| r.contains("cluster name")));
+    }
+
+    #[test]
+    fn forget_and_leave_tombstone_and_tombstones_expire() {
+        let mut a = node("a");
+        a.on_gossip(push("b", vec![digest("b", 1, 1, false)]), Millis(0));
+        assert!(a.forget(id("zz"), Millis(0)).is_err());
+        let effects = a.forget(id("b"), Millis(0)).unwrap();
+        assert!(effects.contains(&Effect::RingChanged));
+        assert_eq!(a.status(id("b")), Some(Status::Left));
+        a.tick(Millis(3_599_999));
+        assert!(a.member(id("b")).is_some());
+        a.tick(Millis(3_600_000));
+        assert!(
+            a.member(id("b")).is_none(),
+            "tombstone dropped after its TTL"
+        );
+
+        let mut c = node("c");
+        c.on_gossip(push("d", vec![digest("d", 1, 1, false)]), Millis(0));
+        let effects = c.leave(Millis(0));
+        assert_eq!(c.local().status, Status::Left);
+        // The news goes out at once, to the live peer.
+        assert_eq!(sends(&effects), ["d:17000"]);
+        // A node that left still gossips its tombstone, never purges itself.
+        c.tick(Millis(10_000_000));
+        assert!(c.member(c.id()).is_some());
+    }
+
+    #[test]
+    fn bad_settings_and_timings_are_refused() {
+        let bad_settings = [
+            ClusterSettings {
+                partitions: 0,
+                ..ClusterSettings::default()
+            },
+            ClusterSettings {
+                read_quorum: 4,
+                ..ClusterSettings::default()
+            },
+            ClusterSettings {
+                name: String::new(),
+                ..ClusterSettings::default()
+            },
+        ];
+        for s in bad_settings {
+            assert!(
+                Membership::new(local("a", 1), s, GossipConfig::default(), 0, Millis(0)).is_err()
+            );
+        }
+        let bad_timing = GossipConfig {
+            suspect_after_ms: 500,
+            ..GossipConfig::default()
+        };
+        assert!(Membership::new(
+            local("a", 1),
+            ClusterSettings::default(),
+            bad_timing,
+            0,
+            Millis(0)
+        )
+        .is_err());
+    }
+
+    fn versions(m: &Membership) -> Vec<(NodeId, Incarnation, Heartbeat, Status)> {
+        m.members()
+            .map(|x| (x.id, x.incarnation, x.heartbeat, x.status))
+            .collect()
+    }
+
+    proptest! {
+        /// Gossip is a join: the resulting view does not depend on the order
+        /// messages arrive in, and hearing a message twice changes nothing.
+        #[test]
+        fn merging_is_order_insensitive_and_idempotent(
+            entries in prop::collection::vec((0u8..4, 1u64..3, 0u64..5, any::<bool>()), 1..12),
+            seed in any::<u64>(),
+        ) {
+            let msgs: Vec<GossipMessage> = entries
+                .iter()
+                .map(|&(who, inc, hb, left)| push("x", vec![digest(&format!("n{who}"), inc, hb, left)]))
+                .collect();
+            let mut forward = node("a");
+            for m in &msgs {
+                forward.on_gossip(m.clone(), Millis(0));
+            }
+            let mut shuffled = msgs.clone();
+            let mut rng = StdRng::seed_from_u64(seed);
+            shuffled.shuffle(&mut rng);
+            let mut other = node("a");
+            for m in shuffled.iter().chain(&msgs) {
+                other.on_gossip(m.clone(), Millis(0));
+            }
+            prop_assert_eq!(versions(&forward), versions(&other));
+        }
     }
 }
