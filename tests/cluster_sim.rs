@@ -96,7 +96,7 @@ fn live_nodes_stay_well_inside_the_suspicion_timeout_under_loss() {
     assert!(!sim
         .status_log()
         .iter()
-        .any(|e| e.to == Status::Suspect && e.subject_running));
+        .any(|e| e.to == Status::Suspect && e.subject_reachable));
 }
 
 #[test]

@@ -79,9 +79,10 @@ pub struct StatusEvent {
     pub from: Option<Status>,
     /// The new status.
     pub to: Status,
-    /// Whether the subject was actually running at that moment (a `Down`
-    /// with this set is a false positive of the failure detector).
-    pub subject_running: bool,
+    /// Whether the subject was running and on the observer's side of every
+    /// network cut at that moment (a `Down` with this set is a false
+    /// positive of the failure detector).
+    pub subject_reachable: bool,
 }
 
 /// Message counters of a run.
@@ -287,11 +288,12 @@ impl Sim {
         &self.log
     }
 
-    /// `Down` verdicts about nodes that were running at the time.
+    /// `Down` verdicts about nodes that were running and reachable at the
+    /// time.
     pub fn false_downs(&self) -> Vec<&StatusEvent> {
         self.log
             .iter()
-            .filter(|e| e.to == Status::Down && e.subject_running)
+            .filter(|e| e.to == Status::Down && e.subject_reachable)
             .collect()
     }
 
@@ -452,10 +454,10 @@ impl Sim {
             match effect {
                 Effect::Send { to, msg } => self.send(i, &to, &msg),
                 Effect::StatusChanged { id, from, to } => {
-                    let subject_running = self
-                        .by_id
-                        .get(&id)
-                        .is_some_and(|&j| self.nodes[j].membership.is_some());
+                    let subject_reachable = self.by_id.get(&id).is_some_and(|&j| {
+                        self.nodes[j].membership.is_some()
+                            && self.nodes[j].group == self.nodes[i].group
+                    });
                     self.trace.update((i as u64).to_be_bytes());
                     self.trace.update(id.as_bytes());
                     self.trace.update([to as u8]);
@@ -465,7 +467,7 @@ impl Sim {
                         subject: id,
                         from,
                         to,
-                        subject_running,
+                        subject_reachable,
                     });
                 }
                 Effect::RingChanged => {}
