@@ -43,7 +43,8 @@
 //! [`GossipConfig::suspect_after_ms`] is `Suspect`, for
 //! [`GossipConfig::down_after_ms`] it is `Down`; any newer version makes it
 //! `Up` again. Status is a local opinion and is not gossiped (only
-//! tombstones are). "Down once others agree" (DESIGN.md §4) falls out of the
+//! tombstones are). A member first heard of second-hand is presumed `Up`
+//! until the timeout says otherwise. "Down once others agree" (DESIGN.md §4) falls out of the
 //! epidemic: if any node still hears from `X`, the higher heartbeat reaches
 //! everyone within a few rounds, so `X` turns `Down` only where nobody
 //! connected has heard from it for the whole timeout.
@@ -80,9 +81,8 @@
 //! # Departures from Dynamo and Cassandra
 //!
 //! - Whole member lists are gossiped, not Cassandra's digest/ack/ack2
-//!   exchange: a list is about 60 bytes per member, so a message stays under
-//!   16 KiB up to a few hundred nodes, and one message instead of three
-//!   keeps the state machine small.
+//!   exchange: a list costs about 55 bytes per member (14 KiB at 256 nodes),
+//!   and one message instead of three keeps the state machine small.
 //! - Membership changes (join, leave) are gossiped like heartbeats; there is
 //!   no separate reconciled ring history as in Dynamo, because the ring is a
 //!   pure function of the member set (see [`ring`](super::ring)).
@@ -539,8 +539,9 @@ impl Membership {
         self.members.values().filter(|m| m.status == status).count()
     }
 
-    /// Remember a seed's internode address (`--join`). Seeds are contacted
-    /// while no live peer is known; they are not members until they answer.
+    /// Remember a seed's internode address. Seeds are contacted while no
+    /// live peer is known; they are not members until they answer. (`--join`
+    /// names a client address; the caller maps it to the peer address.)
     pub fn add_seed(&mut self, peer_addr: impl Into<String>) {
         let addr = peer_addr.into();
         if addr != self.local().peer_addr {
@@ -551,6 +552,9 @@ impl Membership {
     /// `CLUSTER MEET`: remember `peer_addr` as a seed and push to it now.
     pub fn meet(&mut self, peer_addr: impl Into<String>) -> Vec<Effect> {
         let addr = peer_addr.into();
+        if addr == self.local().peer_addr {
+            return Vec::new();
+        }
         self.add_seed(addr.clone());
         vec![self.push_to(addr)]
     }
@@ -962,6 +966,16 @@ mod tests {
         let effects = a.tick(Millis(1000));
         assert_eq!(sends(&effects), ["s:17000"]);
         assert_eq!(a.local().heartbeat, Heartbeat(2));
+    }
+
+    #[test]
+    fn meet_pushes_to_the_new_address_at_once() {
+        let mut a = node("a");
+        assert!(a.meet("a:17000").is_empty(), "meeting oneself does nothing");
+        let effects = a.meet("s:17000");
+        assert_eq!(sends(&effects), ["s:17000"]);
+        // Still alone: the next round knocks on it again.
+        assert_eq!(sends(&a.tick(Millis(0))), ["s:17000"]);
     }
 
     #[test]

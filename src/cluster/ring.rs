@@ -53,9 +53,11 @@
 //!    fills it in the same order without the cap.
 //! 3. **Fallbacks.** The other nodes follow in distance order (ring order).
 //!
-//! With these mutual preferences (a partition prefers near nodes, a node
-//! prefers near partitions) the greedy result is the unique stable matching,
-//! so it does not depend on the order members were listed in. Every node
+//! The order is total and built from ids alone, so the result does not
+//! depend on the order members are listed in. (For the primaries it is also
+//! the unique stable matching of partitions to capped nodes when both sides
+//! prefer nearer pairs: no partition and node would both rather have each
+//! other than what they got.) Every node
 //! holds at most `max(ceil(Q/n), 1.25 Q/n)` primaries and at most
 //! `max(ceil(QN/n), 1.25 QN/n)` replica placements, which is within 1.3x of
 //! the fair share whenever the fair share is at least 4 (`n <= 64` at
@@ -598,6 +600,56 @@ mod tests {
         (primary_moves, placements_gained)
     }
 
+    /// Clockwise distance from partition `p`'s start to `node`'s nearest token.
+    fn distance(node: NodeId, p: PartitionId, q: u32) -> u64 {
+        let start = partition_start(p, q);
+        tokens_of(node)
+            .into_iter()
+            .map(|t| start.distance_to(t))
+            .min()
+            .unwrap()
+    }
+
+    #[test]
+    fn owners_come_first_then_fallbacks_in_ring_order() {
+        let members: Vec<NodeId> = (0..6)
+            .map(|i| NodeId::from_peer_addr(&format!("10.0.0.{i}:17000")))
+            .collect();
+        let ring = Ring::new(members.clone(), 64, 3).unwrap();
+        check_preference_lists(&ring);
+        let mut nearest_is_primary = 0;
+        for p in ring.partition_ids() {
+            let fallbacks: Vec<u64> = ring
+                .fallbacks(p)
+                .iter()
+                .map(|&x| distance(x, p, 64))
+                .collect();
+            assert!(fallbacks.windows(2).all(|w| w[0] < w[1]), "partition {p}");
+            let owners: Vec<u64> = ring.owners(p)[1..]
+                .iter()
+                .map(|&x| distance(x, p, 64))
+                .collect();
+            assert!(owners.windows(2).all(|w| w[0] < w[1]), "partition {p}");
+            let nearest = members.iter().min_by_key(|&&x| distance(x, p, 64)).unwrap();
+            nearest_is_primary += usize::from(ring.primary(p) == Some(*nearest));
+        }
+        // The caps only bind on the tails: most partitions go to the nearest node.
+        assert!(nearest_is_primary >= 48, "only {nearest_is_primary} of 64");
+        for &node in &members {
+            for p in ring.partitions_of(node) {
+                assert!(ring.owners(p).contains(&node));
+            }
+            assert!(ring
+                .primaries_of(node)
+                .iter()
+                .all(|&p| ring.primary(p) == Some(node)));
+        }
+        assert_eq!(
+            ring.partition_for_key(b"abc"),
+            partition_of(key_hash(b"abc"), 64)
+        );
+    }
+
     fn cluster(size: usize) -> impl Strategy<Value = Vec<NodeId>> {
         prop::collection::btree_set(any::<[u8; 16]>(), size).prop_map(|s| {
             let v: Vec<[u8; 16]> = s.into_iter().collect();
@@ -606,7 +658,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(128))]
 
         #[test]
         fn no_node_holds_more_than_1_3x_its_fair_share(
