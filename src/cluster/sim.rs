@@ -383,20 +383,13 @@ impl Sim {
             .filter(|n| n.membership.is_some())
             .map(|n| n.next_tick)
             .min();
-        let next = match (next_delivery, next_tick) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => match a.or(b) {
-                Some(t) => t,
-                None => {
-                    self.now = self.now.max(until);
-                    return false;
-                }
-            },
+        let next = match [next_delivery, next_tick].into_iter().flatten().min() {
+            Some(t) if t <= until => t,
+            _ => {
+                self.now = self.now.max(until);
+                return false;
+            }
         };
-        if next > until {
-            self.now = self.now.max(until);
-            return false;
-        }
         self.now = next;
         while let Some(entry) = self.queue.first_entry() {
             if entry.key().0 > next {
