@@ -322,6 +322,7 @@ pub struct Exchange {
 
 impl Exchange {
     /// Distinct keys involved (a key differing on both sides counts once).
+    /// Both lists must be sorted, as [`plan_exchange`] returns them.
     pub fn distinct_keys(&self) -> usize {
         let mut both = 0;
         let (mut i, mut j) = (0, 0);

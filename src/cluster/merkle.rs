@@ -58,8 +58,11 @@
 //! 16-ary one. A wider node costs bytes instead: when one bucket differs,
 //! each level sends the 16 hashes under the differing node instead of 2, i.e.
 //! about `16 * 32 * depth` = 1.5 KiB per differing bucket, far less than the
-//! bucket keys that follow. 16 is the Cassandra/Riak-style compromise between
-//! the two (Riak's `hashtree` uses a width of 1024 per segment level).
+//! bucket keys that follow. Cassandra's repair trees are binary (they are
+//! shipped whole, so depth costs nothing there); Riak's `hashtree` groups
+//! nodes by a configurable width (1024 by default) over a million segments.
+//! 16 keeps both the round trips and the per-level bytes small for trees of
+//! 2^10 to 2^20 buckets.
 //!
 //! # Memory
 //!
@@ -85,6 +88,14 @@
 //! [`MerkleTree::drifted_buckets`] compares against a tree rebuilt from a scan
 //! ([`MerkleTree::from_entries`]), and [`MerkleTree::verify_inner_nodes`]
 //! recomputes the cached inner nodes from the leaves.
+//!
+//! Riak's `hashtree` also keeps each segment's `(key, hash)` list on disk,
+//! so listing a differing bucket's keys is a range read. Here the storage
+//! engine orders a partition by user key, not by bucket, so listing the keys
+//! of the differing buckets costs one scan of the partition per repairing
+//! round (all differing buckets at once); rounds that find equal roots scan
+//! nothing. A bucket-ordered secondary index would remove that scan at the
+//! price of a second write per key.
 //!
 //! Trees cover every stored key, tombstones and expired versions included:
 //! they are part of the sibling set, so a replica missing a tombstone differs
@@ -345,13 +356,15 @@ impl MerkleTree {
 
     /// Builds the tree from a full scan of the partition: `(key hash, key,
     /// encoded sibling set)` for every stored key, in any order.
-    pub fn from_entries<'a, I>(shape: TreeShape, entries: I) -> MerkleTree
+    pub fn from_entries<K, V, I>(shape: TreeShape, entries: I) -> MerkleTree
     where
-        I: IntoIterator<Item = (u64, &'a [u8], &'a [u8])>,
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+        I: IntoIterator<Item = (u64, K, V)>,
     {
         let mut tree = MerkleTree::new(shape);
         for (key_hash, key, value) in entries {
-            tree.insert(key_hash, key, value);
+            tree.insert(key_hash, key.as_ref(), value.as_ref());
         }
         tree.flush();
         tree
@@ -452,14 +465,11 @@ impl MerkleTree {
     /// Non-empty means this tree drifted from the data: replace it with the
     /// rebuilt one. Every bucket if the shapes differ.
     pub fn drifted_buckets(&self, rebuilt: &MerkleTree) -> Vec<BucketIndex> {
-        let depth = self.shape.leaf_depth();
-        let (mine, theirs) = (
-            &self.levels[depth],
-            &rebuilt.levels[rebuilt.shape.leaf_depth()],
-        );
         if self.shape != rebuilt.shape {
             return (0..self.shape.buckets).map(BucketIndex).collect();
         }
+        let depth = self.shape.leaf_depth();
+        let (mine, theirs) = (&self.levels[depth], &rebuilt.levels[depth]);
         (0..mine.len())
             .filter(|&i| mine[i] != theirs[i])
             .map(|i| BucketIndex(i as u32))

@@ -272,6 +272,38 @@ fn key_missing_on_the_initiator_needs_no_final_message() {
 }
 
 #[test]
+fn write_that_closes_the_gap_during_the_descent_ends_in_sync() {
+    let old_map = numbered_map(100);
+    let mut new_map = old_map.clone();
+    new_map.insert(b"key7".to_vec(), b"value7-newer".to_vec());
+    let mut a = Replica::from_map(TreeShape::default(), old_map);
+    let mut b = Replica::from_map(TreeShape::default(), new_map);
+    let limits = SessionLimits::default();
+    let (mut session_a, opening) = AntiEntropySession::start(SessionId(2), 0, limits, &mut a.tree);
+    let (_session_b, effects) = AntiEntropySession::respond(opening, limits, &mut b.tree);
+    let [Effect::Send(level)] = effects.as_slice() else {
+        panic!("expected b to answer with its first level, got {effects:?}");
+    };
+    // The same write reaches a (say by replication) before b's level does.
+    a.merge(b"key7", b"value7-newer".to_vec());
+    let effects = session_a.on_message(level.clone(), &mut a.tree);
+    assert!(matches!(
+        &effects[0],
+        Effect::Send(Msg {
+            body: Body::InSync,
+            ..
+        })
+    ));
+    assert!(matches!(
+        &effects[1],
+        Effect::Done(SessionReport {
+            outcome: Outcome::InSync,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn mismatched_shapes_abort_on_both_sides() {
     let mut a = Replica::from_map(shape(1024), numbered_map(10));
     let mut b = Replica::from_map(shape(256), numbered_map(11));
