@@ -45,8 +45,8 @@
 //! roots, or every child under the nodes that differed: possible when writes
 //! landed in between), and `Abort { reason }` on a protocol violation or a
 //! shape/version mismatch; both end the session. With the default shape a
-//! round that repairs something takes 7 messages (3.5 round trips); a round
-//! between equal replicas takes 2 (`Root`, `InSync`).
+//! round that repairs something takes at most 7 messages (3.5 round trips);
+//! a round between equal replicas takes 2 (`Root`, `InSync`).
 //!
 //! # Who does what
 //!
@@ -70,22 +70,43 @@
 //! # Wire format
 //!
 //! Messages are [`Msg`] encoded with `postcard` (serde) inside the peer
-//! transport's frames: an enum is a varint variant index (in declaration
-//! order, starting at 0) followed by its fields in order; integers other
-//! than `u8` are LEB128 varints; `Vec<T>` is a varint count then the items;
-//! a [`NodeHash`] is 32 raw bytes and a [`KeyFingerprint`] 16; keys and
-//! sibling sets are a varint length then the bytes (sibling sets in
-//! `version::codec`'s format). [`Body::Root`] opens a session and carries
+//! transport's frames. `varint` is postcard's unsigned LEB128 (`u16`, `u32`,
+//! `u64`, lengths and counts); `u8` is one raw byte.
+//!
+//! ```text
+//! varint  session                  SessionId
+//! varint  partition
+//! varint  body variant             0 Root, 1 Level, 2 BucketKeys, 3 Versions,
+//!                                  4 InSync, 5 Abort
+//! Root        u8 version, varint buckets, 32 B root hash
+//! Level       u8 depth, varint n, n * varint parent,
+//!             varint m, m * 32 B hash
+//! BucketKeys  varint n, n * (varint bucket, varint k,
+//!                            k * (varint len, key, 16 B fingerprint))
+//! Versions    varint n, n * (varint len, key, varint len, sibling set),
+//!             varint m, m * (varint len, key)
+//! InSync      nothing
+//! Abort       varint len, UTF-8 reason
+//! ```
+//!
+//! Sibling sets are in `version::codec`'s format (which starts with its own
+//! format byte). [`Body::Root`] opens every session with
 //! [`PROTOCOL_VERSION`] and the tree shape, so a peer of another version or
-//! shape refuses with [`Body::Abort`] instead of misreading the rest.
-//! Adding variants at the end is compatible; anything else bumps the version.
+//! shape answers [`Body::Abort`] instead of misreading the rest. A peer
+//! cannot decode variants newer than it, so a new variant may only be sent
+//! after the opening showed the peer knows it; anything else bumps the
+//! version.
 //!
 //! # Departures from Dynamo
 //!
-//! Dynamo compares trees "level by level" without a protocol; Cassandra's
-//! repair ships whole trees (to a coordinator) and then streams whole ranges
-//! of the differing leaves. Here only the hashes under differing nodes travel,
-//! and then only the keys of differing buckets, so a round costs about
+//! Dynamo exchanges roots and traverses the trees without specifying a
+//! protocol, and its trees follow key ranges that change when nodes join or
+//! leave (one of its reasons to move to fixed partitions, its strategy 3).
+//! Here trees follow the fixed partitions, so they survive membership
+//! changes. Cassandra's repair ships whole trees to a coordinator and then
+//! streams whole ranges under the differing leaves. Here only the hashes
+//! under differing nodes travel, then only the keys of differing buckets,
+//! then only the sets of differing keys: a round costs about
 //! `16 * 32 B * depth` per differing bucket plus one fingerprint per key in
 //! it, independent of the data set's size. Values travel as whole sibling
 //! sets, never single versions (see "Replicate whole sets" in

@@ -324,6 +324,11 @@ pub struct LevelSnapshot {
 }
 
 /// The Merkle tree of one partition. See the module doc.
+///
+/// Methods that read inner hashes take `&mut self`: they first recompute
+/// the nodes that writes left dirty. The tree lives with the partition's
+/// write path (behind whatever lock serialises that partition's writes), so
+/// a reader takes the same lock.
 #[derive(Clone, Debug)]
 pub struct MerkleTree {
     shape: TreeShape,

@@ -600,6 +600,13 @@ proptest! {
         prop_assert_eq!(&round.responder.outcome, &outcome);
     }
 
+}
+
+proptest! {
+    // Each case runs one round per differing bucket: fewer cases keep the
+    // debug test time short.
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
     /// With a cap of one bucket per round, rounds repeat until the roots
     /// agree, one differing bucket at a time.
     #[test]
