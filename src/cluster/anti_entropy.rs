@@ -165,6 +165,38 @@ pub struct BucketKeys {
     pub entries: Vec<KeyEntry>,
 }
 
+impl BucketKeys {
+    /// Answers an [`Effect::LoadBucketKeys`] from one scan of the partition:
+    /// `(key hash, key, encoded sibling set)` for every stored key, in any
+    /// order. Returns one list per requested bucket (empty ones included),
+    /// in the order of `buckets`; keys of other buckets are skipped without
+    /// hashing their values.
+    pub fn from_scan<K, V, I>(shape: TreeShape, buckets: &[BucketIndex], scan: I) -> Vec<BucketKeys>
+    where
+        K: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+        I: IntoIterator<Item = (u64, K, V)>,
+    {
+        let slots: BTreeMap<BucketIndex, usize> =
+            buckets.iter().enumerate().map(|(i, &b)| (b, i)).collect();
+        let mut lists: Vec<BucketKeys> = buckets
+            .iter()
+            .map(|&bucket| BucketKeys {
+                bucket,
+                entries: Vec::new(),
+            })
+            .collect();
+        for (key_hash, key, value) in scan {
+            if let Some(&slot) = slots.get(&shape.bucket_of(key_hash)) {
+                lists[slot]
+                    .entries
+                    .push(KeyEntry::of(key.as_ref(), value.as_ref()));
+            }
+        }
+        lists
+    }
+}
+
 /// A key's whole sibling set, encoded as `version::codec` stores it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionEntry {
