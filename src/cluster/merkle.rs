@@ -41,10 +41,13 @@
 //! the tree costs two SHA-256 computations per write and no I/O, and a
 //! rebuild from a scan in any order gives the same tree as the history of
 //! incremental updates (property-tested). Modular addition is chosen over
-//! XOR because XOR lets a digest cancel itself: with XOR, adding the same
-//! (key, set) twice (a caller bug) looks like never adding it, and sets with
-//! equal XOR are easy to construct by linear algebra; with addition neither
-//! is true.
+//! XOR, at the same cost, because XOR lets a digest cancel itself: adding
+//! the same (key, set) twice (a caller bug) would look like never adding
+//! it, whereas a sum shows it. XOR also makes colliding buckets a matter of
+//! linear algebra over GF(2), while colliding sums need a generalized
+//! birthday search (Wagner), which a 256-bit modulus puts out of reach.
+//! Replicas are not adversaries, but a hash that is easy to fool by accident
+//! is a poor check.
 //!
 //! Inner nodes are recomputed lazily: a write marks its leaf's parent dirty
 //! (one bit, O(1)), and reading the root or a level first recomputes the
@@ -469,6 +472,11 @@ impl MerkleTree {
     /// shape built from a scan of the data ([`from_entries`](Self::from_entries)).
     /// Non-empty means this tree drifted from the data: replace it with the
     /// rebuilt one. Every bucket if the shapes differ.
+    ///
+    /// The two must describe the same moment: with writes still arriving,
+    /// clone this tree (34 KiB by default) and open the storage snapshot for
+    /// the scan under the same partition lock, then compare the clone, or
+    /// writes made during the scan show up as false drift.
     pub fn drifted_buckets(&self, rebuilt: &MerkleTree) -> Vec<BucketIndex> {
         if self.shape != rebuilt.shape {
             return (0..self.shape.buckets).map(BucketIndex).collect();
