@@ -127,6 +127,9 @@ pub const PROTOCOL_VERSION: u8 = 1;
 /// Default for [`SessionLimits::max_buckets_per_round`].
 pub const DEFAULT_MAX_BUCKETS_PER_ROUND: usize = 256;
 
+/// Longest peer abort reason kept in a report, in characters.
+const MAX_ABORT_REASON_CHARS: usize = 200;
+
 /// A user key, as stored.
 pub type Key = Vec<u8>;
 
@@ -546,6 +549,23 @@ enum State {
     Finished,
 }
 
+impl State {
+    /// The state's name, for abort reasons (which travel to the peer, so
+    /// they must not carry the key lists some states hold).
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitPeer { .. } => "AwaitPeer",
+            State::LoadingKeysToSend { .. } => "LoadingKeysToSend",
+            State::AwaitPeerVersions { .. } => "AwaitPeerVersions",
+            State::LoadingKeysToPlan { .. } => "LoadingKeysToPlan",
+            State::LoadingVersionsToSend { .. } => "LoadingVersionsToSend",
+            State::AwaitRequestedVersions { .. } => "AwaitRequestedVersions",
+            State::LoadingRequestedVersions => "LoadingRequestedVersions",
+            State::Finished => "Finished",
+        }
+    }
+}
+
 /// One anti-entropy round for one partition with one peer, on either side.
 /// See the module doc for the flow and the caller's duties.
 #[derive(Clone, Debug)]
@@ -620,6 +640,8 @@ impl AntiEntropySession {
             msg.body,
         ) {
             (_, Body::Abort { reason }) => {
+                // The reason goes to our logs: keep a peer from flooding them.
+                let reason: String = reason.chars().take(MAX_ABORT_REASON_CHARS).collect();
                 self.finish(Outcome::Aborted(format!("peer aborted: {reason}")))
             }
             (State::AwaitPeer { .. }, Body::InSync) => self.finish(Outcome::InSync),
@@ -648,7 +670,7 @@ impl AntiEntropySession {
                     want: more,
                 },
             ) => self.receive_requested(want, entries, more),
-            (state, _) => self.abort(format!("unexpected {kind} in state {state:?}")),
+            (state, _) => self.abort(format!("unexpected {kind} in state {}", state.name())),
         }
     }
 
@@ -699,7 +721,7 @@ impl AntiEntropySession {
                     }]
                 }
             }
-            state => self.abort(format!("bucket keys loaded in state {state:?}")),
+            state => self.abort(format!("bucket keys loaded in state {}", state.name())),
         }
     }
 
@@ -715,7 +737,7 @@ impl AntiEntropySession {
                 effects.extend(self.finish_after_exchange());
                 effects
             }
-            state => self.abort(format!("versions loaded in state {state:?}")),
+            state => self.abort(format!("versions loaded in state {}", state.name())),
         }
     }
 
