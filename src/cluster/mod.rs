@@ -18,11 +18,17 @@
 //!   and the framing of the internode connection.
 //! - [`sim`]: a deterministic simulation harness for the state machines
 //!   (virtual clock, message delay and loss, network partitions, restarts).
+//! - [`merkle`]: one Merkle tree per partition over buckets of key hashes,
+//!   maintained incrementally on every write (order-independent leaf sums).
+//! - [`anti_entropy`]: the deciding half of replica repair: which buckets
+//!   differ, which keys go each way, as a session driven by messages.
 //!
-//! The coordinator (quorums), hints, Merkle trees and rebalancing join this
-//! module as further state machines of the same shape.
+//! The coordinator (quorums), hints and rebalancing join this module as
+//! further state machines of the same shape.
 
+pub mod anti_entropy;
 pub mod membership;
+pub mod merkle;
 pub mod messages;
 pub mod ring;
 pub mod sim;
