@@ -226,3 +226,60 @@ async fn large_payloads_within_the_limit_round_trip() {
     assert_eq!(&reply[..5], b"echo:");
     assert_eq!(reply.slice(5..), payload);
 }
+
+#[tokio::test]
+async fn a_request_that_expires_while_waiting_for_a_handler_slot_is_never_handled() {
+    let (handler, seen) = peer_support::recording_handler();
+    let slow = ringkv::server::peer::handler_fn(move |from, payload: Bytes| {
+        let record = handler.handle(from, payload.clone());
+        Box::pin(async move {
+            if payload.as_ref() == b"slow" {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            record.await
+        })
+    });
+    let mut server = config("server");
+    server.max_inflight = 1;
+    let listener = PeerListener::bind(localhost(), server, slow)
+        .await
+        .expect("bind");
+    let client = PeerClient::new(config("client")).expect("valid config");
+    let addr = listener.local_addr();
+
+    let occupy = client.request(addr, Bytes::from_static(b"slow"), 5 * SECOND);
+    let starved = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client
+            .request(
+                addr,
+                Bytes::from_static(b"starved"),
+                Duration::from_millis(100),
+            )
+            .await
+    };
+    let (occupied, starved) = tokio::join!(occupy, starved);
+
+    assert_eq!(occupied, Ok(Bytes::from_static(b"slow")));
+    assert!(
+        matches!(starved, Err(PeerError::Timeout { .. })),
+        "{starved:?}"
+    );
+    // The slot frees after 500 ms; by then the starved request's budget is
+    // spent, so the listener drops it instead of running the handler.
+    client
+        .request(addr, Bytes::from_static(b"next"), SECOND)
+        .await
+        .expect("later requests are served");
+    let handled: Vec<Bytes> = seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(
+        handled,
+        vec![Bytes::from_static(b"slow"), Bytes::from_static(b"next")]
+    );
+    assert_eq!(listener.stats().snapshot().expired_before_handling, 1);
+}

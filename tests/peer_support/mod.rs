@@ -116,20 +116,32 @@ pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<
     got
 }
 
-/// Captures `tracing` output of the current thread (use with a
-/// current-thread runtime so every task logs here).
-#[derive(Clone, Default)]
-pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+/// Captures the `tracing` output of the whole test binary.
+///
+/// One global subscriber rather than a thread-local one per test: tracing
+/// caches per-callsite interest globally, and with scoped subscribers on
+/// parallel test threads an event can be lost to that cache. Tests look for
+/// lines that name their own (unique, ephemeral) socket addresses, so they do
+/// not see each other's lines.
+pub struct LogCapture(Mutex<Vec<u8>>);
+
+static LOGS: std::sync::OnceLock<&'static LogCapture> = std::sync::OnceLock::new();
 
 impl LogCapture {
-    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::DEBUG)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
+    /// The capture, installed as the global subscriber on first use.
+    pub fn global() -> &'static LogCapture {
+        LOGS.get_or_init(|| {
+            let capture: &'static LogCapture =
+                Box::leak(Box::new(LogCapture(Mutex::new(Vec::new()))));
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || LogWriter(capture))
+                .with_ansi(false)
+                .with_max_level(tracing::Level::DEBUG)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in the peer tests");
+            capture
+        })
     }
 
     pub fn text(&self) -> String {
@@ -144,11 +156,20 @@ impl LogCapture {
             .map(str::to_owned)
             .collect()
     }
+
+    /// Whether a WARN line mentions both `who` and `what`.
+    pub fn warned(&self, who: impl std::fmt::Display, what: &str) -> bool {
+        self.warnings_mentioning(&who.to_string())
+            .iter()
+            .any(|line| line.contains(what))
+    }
 }
 
-impl Write for LogCapture {
+struct LogWriter(&'static LogCapture);
+
+impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log lock").extend_from_slice(buf);
+        self.0 .0.lock().expect("log lock").extend_from_slice(buf);
         Ok(buf.len())
     }
 

@@ -406,14 +406,14 @@ async fn run_link(
                 )
                 .await;
                 link.set_state(LinkState::Idle);
+                if shutdown.is_cancelled() {
+                    break 'link;
+                }
                 let reason = format!("connection lost: {ended}");
                 link.fail_all(|| PeerError::Unavailable {
                     addr,
                     reason: reason.clone(),
                 });
-                if shutdown.is_cancelled() {
-                    break 'link;
-                }
                 match ended {
                     ConnectionEnd::QueueClosed => break 'link,
                     ConnectionEnd::Shutdown => break 'link,

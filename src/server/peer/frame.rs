@@ -1,18 +1,17 @@
 //! Frames of the peer protocol and their codec (see the module doc of
 //! [`peer`](super) for the byte layout and why it looks this way).
 //!
-//! Decoding reuses tokio-util's [`LengthDelimitedCodec`] for the length prefix,
-//! partial reads and the maximum frame size; the body is parsed here. Encoding
-//! writes the prefix, header and payload straight into the connection's write
-//! buffer, so a payload is copied once (into that buffer) and never into an
-//! intermediate body.
+//! Encoding writes the prefix, header and payload straight into the
+//! connection's write buffer, so a payload is copied once (into that buffer)
+//! and never into an intermediate body. Decoding splits a whole body off the
+//! read buffer without copying; payloads are slices of it.
 
 use std::fmt;
 use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// The four bytes that open every peer connection, in both directions.
 pub const MAGIC: [u8; 4] = *b"RKVP";
@@ -113,8 +112,8 @@ pub enum Frame {
     Proof([u8; PROOF_LEN]),
     /// Handshake: the acceptor admits the dialer; data frames may follow.
     Ready,
-    /// Handshake: the acceptor refuses the dialer and will close; a reason for
-    /// the dialer's log.
+    /// Handshake: the sender refuses the other side and will close; a reason
+    /// for the other side's log.
     Refuse(String),
     /// A request that expects exactly one [`Frame::Response`] or
     /// [`Frame::Failure`] with the same id. `budget` is the time the requester
@@ -356,34 +355,32 @@ impl Hello {
     }
 }
 
-/// The codec of a peer connection after the preamble: length-delimited frames
+/// The codec of a peer connection after the preamble: length-prefixed frames
 /// with a maximum body size.
+///
+/// Our own rather than tokio-util's `LengthDelimitedCodec`: the framing is
+/// four lines either way, and owning it lets the oversize error name both the
+/// announced size and the limit, and lets a zero-length body be refused.
 #[derive(Debug)]
 pub struct PeerCodec {
-    lengths: LengthDelimitedCodec,
+    max_frame: usize,
 }
 
 impl PeerCodec {
     /// A codec that refuses bodies longer than `max_frame` bytes in either
     /// direction.
     pub fn new(max_frame: usize) -> Self {
-        PeerCodec {
-            lengths: LengthDelimitedCodec::builder()
-                .length_field_type::<u32>()
-                .big_endian()
-                .max_frame_length(max_frame)
-                .new_codec(),
-        }
+        PeerCodec { max_frame }
     }
 
     /// The largest body accepted.
     pub fn max_frame(&self) -> usize {
-        self.lengths.max_frame_length()
+        self.max_frame
     }
 
     /// Changes the largest body accepted (raised once the handshake is done).
     pub fn set_max_frame(&mut self, max_frame: usize) {
-        self.lengths.set_max_frame_length(max_frame);
+        self.max_frame = max_frame;
     }
 }
 
@@ -392,10 +389,28 @@ impl Decoder for PeerCodec {
     type Error = io::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Frame>> {
-        match self.lengths.decode(src)? {
-            Some(body) => Ok(Some(Frame::decode_body(body.freeze())?)),
-            None => Ok(None),
+        let Some(prefix) = src.get(..LENGTH_PREFIX_LEN) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if len > self.max_frame {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "frame of {len} bytes exceeds the maximum of {}",
+                    self.max_frame
+                ),
+            ));
         }
+        let total = LENGTH_PREFIX_LEN + len;
+        if src.len() < total {
+            // Bounded by the maximum just checked.
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        src.advance(LENGTH_PREFIX_LEN);
+        let body = src.split_to(len).freeze();
+        Ok(Some(Frame::decode_body(body)?))
     }
 }
 

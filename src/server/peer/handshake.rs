@@ -228,7 +228,12 @@ pub(crate) async fn dial(
         };
         match next_frame(&mut framed).await? {
             Frame::Proof(proof) if secret.verify(&transcript, Role::Acceptor, &proof) => {}
-            Frame::Proof(_) => return Err(HandshakeError::BadProof),
+            Frame::Proof(_) => {
+                // Tell the acceptor, so its log says why rather than "closed".
+                let err = HandshakeError::BadProof;
+                let _ = framed.send(Frame::Refuse(err.to_string())).await;
+                return Err(err);
+            }
             Frame::Refuse(reason) => return Err(HandshakeError::Refused(reason)),
             other => {
                 return Err(HandshakeError::Unexpected {
@@ -314,6 +319,7 @@ pub(crate) async fn accept(
                 let _ = framed.send(Frame::Refuse(err.to_string())).await;
                 return Err(err);
             }
+            Frame::Refuse(reason) => return Err(HandshakeError::Refused(reason)),
             other => {
                 return Err(HandshakeError::Unexpected {
                     expected: "proof",

@@ -37,7 +37,7 @@
 //!                 cluster name: length u8, UTF-8 bytes
 //! 0x02  PROOF     mac [32]: HMAC-SHA256(secret, transcript), see below
 //! 0x03  READY     (nothing)
-//! 0x04  REFUSE    reason: UTF-8, rest of the body
+//! 0x04  REFUSE    reason: UTF-8, rest of the body (either side, handshake only)
 //! 0x10  REQUEST   request id u64, budget u32 (milliseconds), payload (rest)
 //! 0x11  RESPONSE  request id u64, payload (rest)
 //! 0x12  FAILURE   request id u64, reason: UTF-8, rest of the body
@@ -50,8 +50,8 @@
 //! dialer   -> acceptor  preamble, HELLO(dialer)
 //! acceptor -> dialer    preamble, HELLO(acceptor), [PROOF(acceptor)]
 //!                       (or preamble, REFUSE: wrong cluster, secret on one side only)
-//! dialer   -> acceptor  [PROOF(dialer)]
-//! acceptor -> dialer    READY   (or REFUSE: wrong proof)
+//! dialer   -> acceptor  [PROOF(dialer)]  (or REFUSE: the acceptor's proof was wrong)
+//! acceptor -> dialer    READY   (or REFUSE: the dialer's proof was wrong)
 //! ```
 //!
 //! then the dialer sends REQUEST and ONEWAY frames and the acceptor answers
@@ -76,8 +76,9 @@
 //!   version, so there is nothing to version per frame. An acceptor answers a
 //!   version mismatch with its own preamble before closing, so the dialer's
 //!   log names both versions. Payload versioning is the cluster layer's job.
-//! - **A 4-byte length prefix** (tokio-util's `LengthDelimitedCodec`), with a
-//!   configurable maximum: partition streaming sends large batches, but one
+//! - **A 4-byte length prefix** (the layout of tokio-util's
+//!   `LengthDelimitedCodec`; the codec is our own, see [`frame::PeerCodec`]),
+//!   with a configurable maximum: partition streaming sends large batches, but one
 //!   frame must never be able to make a node allocate without bound.
 //! - **Relative budgets, not absolute deadlines.** Node clocks agree only
 //!   roughly; the requester writes how many milliseconds it will still wait
