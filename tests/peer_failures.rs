@@ -225,3 +225,86 @@ async fn client_shutdown_fails_waiting_and_later_requests_as_closed() {
     let later = client.request(addr, Bytes::from_static(b"x"), SECOND).await;
     assert_eq!(later, Err(PeerError::Closed));
 }
+
+#[tokio::test]
+async fn a_connection_on_which_requests_keep_timing_out_in_silence_is_replaced() {
+    let listener = echo_listener(config("server")).await;
+    let addr = listener.local_addr();
+    let client = PeerClient::new(config("client")).expect("valid config");
+    client
+        .request(addr, Bytes::from_static(b"warm-up"), SECOND)
+        .await
+        .expect("warm-up");
+
+    // Three requests in a row get no frame back at all (the default limit).
+    for _ in 0..3 {
+        let outcome = client
+            .request(
+                addr,
+                Bytes::from_static(b"sleep:60000"),
+                Duration::from_millis(100),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(PeerError::Timeout { .. })),
+            "{outcome:?}"
+        );
+    }
+
+    let reply = client
+        .request(addr, Bytes::from_static(b"fresh"), SECOND)
+        .await
+        .expect("answered on a new connection");
+    assert_eq!(reply, Bytes::from_static(b"echo:fresh"));
+    let stats = client.stats().snapshot();
+    assert_eq!(
+        stats.connections_opened, 2,
+        "the silent connection was replaced"
+    );
+    assert_eq!(stats.reconnects, 1);
+}
+
+#[tokio::test]
+async fn timeouts_interleaved_with_answers_keep_the_connection() {
+    let listener = echo_listener(config("server")).await;
+    let addr = listener.local_addr();
+    let client = PeerClient::new(config("client")).expect("valid config");
+
+    for _ in 0..5 {
+        let slow = client
+            .request(
+                addr,
+                Bytes::from_static(b"sleep:60000"),
+                Duration::from_millis(50),
+            )
+            .await;
+        assert!(matches!(slow, Err(PeerError::Timeout { .. })), "{slow:?}");
+        client
+            .request(addr, Bytes::from_static(b"alive"), SECOND)
+            .await
+            .expect("answer");
+    }
+
+    assert_eq!(client.stats().snapshot().connections_opened, 1);
+}
+
+#[tokio::test]
+async fn forgetting_a_peer_closes_its_connection() {
+    let listener = echo_listener(config("server")).await;
+    let addr = listener.local_addr();
+    let client = PeerClient::new(config("client")).expect("valid config");
+    client
+        .request(addr, Bytes::from_static(b"hi"), SECOND)
+        .await
+        .expect("answer");
+    assert_eq!(listener.stats().snapshot().connections_active, 1);
+
+    client.forget(addr);
+
+    let give_up = Instant::now() + SECOND;
+    while listener.stats().snapshot().connections_active > 0 {
+        assert!(Instant::now() < give_up, "the connection stayed open");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(client.stats().snapshot().connections_active, 0);
+}

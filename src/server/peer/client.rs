@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -57,15 +57,32 @@ struct PeerHandle {
 
 type Reply = Result<Bytes, PeerError>;
 
+/// Identifies one connection of a link, so that losing it fails exactly the
+/// requests that were written on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConnectionNo(u64);
+
+struct Waiter {
+    reply: oneshot::Sender<Reply>,
+    /// The connection the request went out on; `None` while still queued.
+    /// A queued request survives a lost connection and goes out on the next.
+    written_on: Option<ConnectionNo>,
+}
+
 /// The state of one peer shared between callers and its link task.
 struct Link {
     addr: SocketAddr,
     /// Requests waiting for an answer, by id. An entry is removed by whoever
     /// completes it: the reader (answer), the link task (connection lost), or
     /// the caller's guard (deadline or caller gone).
-    pending: Mutex<HashMap<RequestId, oneshot::Sender<Reply>>>,
+    pending: Mutex<HashMap<RequestId, Waiter>>,
     next_id: AtomicU64,
     state: Mutex<LinkState>,
+    /// Requests that timed out since the connection last delivered a frame.
+    silent_timeouts: AtomicU32,
+    /// Wakes the connection to close itself when `silent_timeouts` reaches
+    /// [`PeerConfig::stalled_after_timeouts`].
+    stalled: Notify,
 }
 
 #[derive(Clone, Debug)]
@@ -128,12 +145,29 @@ impl Link {
     fn complete(&self, id: RequestId, reply: Reply) {
         if let Some(waiter) = self.pending.lock().remove(&id) {
             // The caller may have just given up; nothing to do then.
-            let _ = waiter.send(reply);
+            let _ = waiter.reply.send(reply);
         }
     }
 
-    fn is_waiting(&self, id: RequestId) -> bool {
-        self.pending.lock().contains_key(&id)
+    /// Counts a timed-out request; wakes the connection to close itself when
+    /// `threshold` of them in a row saw no frame from the peer.
+    fn timed_out(&self, threshold: u32) {
+        let silent = self.silent_timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+        if threshold > 0 && silent >= threshold {
+            self.stalled.notify_waiters();
+        }
+    }
+
+    /// Records that request `id` is being written on `connection`; `false`
+    /// when its caller has stopped waiting (then it is not written at all).
+    fn mark_written(&self, id: RequestId, connection: ConnectionNo) -> bool {
+        match self.pending.lock().get_mut(&id) {
+            Some(waiter) => {
+                waiter.written_on = Some(connection);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Fails one queued item that will never be written.
@@ -147,7 +181,24 @@ impl Link {
     fn fail_all(&self, error: impl Fn() -> PeerError) {
         let waiters: Vec<_> = self.pending.lock().drain().collect();
         for (_, waiter) in waiters {
-            let _ = waiter.send(Err(error()));
+            let _ = waiter.reply.send(Err(error()));
+        }
+    }
+
+    /// Fails the requests written on `connection`: their answers can no
+    /// longer arrive.
+    fn fail_written_on(&self, connection: ConnectionNo, error: impl Fn() -> PeerError) {
+        let lost: Vec<Waiter> = {
+            let mut pending = self.pending.lock();
+            let ids: Vec<RequestId> = pending
+                .iter()
+                .filter(|(_, w)| w.written_on == Some(connection))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        for waiter in lost {
+            let _ = waiter.reply.send(Err(error()));
         }
     }
 }
@@ -194,7 +245,13 @@ impl PeerClient {
         }
         let id = RequestId(peer.link.next_id.fetch_add(1, Ordering::Relaxed));
         let (answer_tx, answer_rx) = oneshot::channel();
-        peer.link.pending.lock().insert(id, answer_tx);
+        peer.link.pending.lock().insert(
+            id,
+            Waiter {
+                reply: answer_tx,
+                written_on: None,
+            },
+        );
         let _guard = PendingGuard {
             link: &peer.link,
             id,
@@ -212,6 +269,8 @@ impl PeerClient {
             Ok(reply) => reply,
             Err(_) => {
                 self.inner.stats.incr(Counter::Timeouts);
+                peer.link
+                    .timed_out(self.inner.config.stalled_after_timeouts);
                 Err(PeerError::Timeout {
                     addr,
                     after: deadline,
@@ -239,6 +298,14 @@ impl PeerClient {
         }
     }
 
+    /// Forgets the peer at `addr` (it left the cluster): its connection is
+    /// closed once requests already queued to it have been written, and the
+    /// next message to `addr` starts afresh.
+    pub fn forget(&self, addr: SocketAddr) {
+        // Dropping the last sender of the peer's queue ends its link task.
+        self.inner.peers.write().remove(&addr);
+    }
+
     fn check_size(&self, body_len: usize) -> Result<(), PeerError> {
         let max = self.inner.config.max_frame_bytes;
         if body_len > max {
@@ -263,6 +330,8 @@ impl PeerClient {
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 state: Mutex::new(LinkState::Idle),
+                silent_timeouts: AtomicU32::new(0),
+                stalled: Notify::new(),
             });
             tokio::spawn(run_link(
                 link.clone(),
@@ -364,6 +433,7 @@ async fn run_link(
     let addr = link.addr;
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let mut ever_connected = false;
+    let mut connections = 0u64;
     'link: loop {
         let first = tokio::select! {
             biased;
@@ -394,9 +464,13 @@ async fn run_link(
                 }
                 ever_connected = true;
                 backoff.reset();
+                link.silent_timeouts.store(0, Ordering::Relaxed);
                 link.set_state(LinkState::Up);
+                connections += 1;
+                let connection = ConnectionNo(connections);
                 let ended = serve_connection(
                     established,
+                    connection,
                     first,
                     &mut queue,
                     &link,
@@ -410,7 +484,7 @@ async fn run_link(
                     break 'link;
                 }
                 let reason = format!("connection lost: {ended}");
-                link.fail_all(|| PeerError::Unavailable {
+                link.fail_written_on(connection, || PeerError::Unavailable {
                     addr,
                     reason: reason.clone(),
                 });
@@ -490,6 +564,7 @@ enum ConnectionEnd {
 /// Writes queued messages and reads answers until either side stops.
 async fn serve_connection(
     established: Established,
+    connection: ConnectionNo,
     first: Outgoing,
     queue: &mut mpsc::Receiver<Outgoing>,
     link: &Link,
@@ -520,7 +595,7 @@ async fn serve_connection(
             } => {
                 let now = Instant::now();
                 // A caller that already gave up needs no frame on the wire.
-                if deadline <= now || !link.is_waiting(id) {
+                if deadline <= now || !link.mark_written(id, connection) {
                     return None;
                 }
                 Some(Frame::Request {
@@ -544,6 +619,7 @@ async fn serve_connection(
             };
             stats.add(Counter::BytesReceived, frame.wire_len() as u64);
             stats.incr(Counter::MessagesReceived);
+            link.silent_timeouts.store(0, Ordering::Relaxed);
             match frame {
                 Frame::Response { id, payload } => link.complete(id, Ok(payload)),
                 Frame::Failure { id, reason } => link.complete(
@@ -563,8 +639,16 @@ async fn serve_connection(
             }
         }
     };
+    let stalled = link.stalled.notified();
+    // Biased so that a connection found dead is closed before the writer gets
+    // to put another request on it.
     tokio::select! {
+        biased;
         _ = shutdown.cancelled() => ConnectionEnd::Shutdown,
+        _ = stalled => ConnectionEnd::Failed(format!(
+            "{} requests in a row timed out with nothing received; assuming the connection is dead",
+            config.stalled_after_timeouts
+        )),
         written = write => match written {
             Ok(()) => ConnectionEnd::QueueClosed,
             Err(e) => ConnectionEnd::Failed(format!("write failed: {e}")),

@@ -195,13 +195,14 @@ fn check_hello(config: &PeerConfig, theirs: &Hello) -> Option<HandshakeError> {
 
 /// Runs the dialer's half on a freshly connected stream.
 pub(crate) async fn dial(
-    mut stream: TcpStream,
+    stream: TcpStream,
     config: &PeerConfig,
     addr: SocketAddr,
 ) -> Result<Established, HandshakeError> {
     let ours = our_hello(config);
-    stream.write_all(&preamble()).await?;
     let mut framed = Framed::new(stream, PeerCodec::new(HANDSHAKE_MAX_FRAME));
+    // Preamble and hello leave in one write.
+    framed.write_buffer_mut().extend_from_slice(&preamble());
     framed.send(Frame::Hello(ours.clone())).await?;
 
     read_preamble(framed.get_mut()).await?;

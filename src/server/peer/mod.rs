@@ -125,8 +125,15 @@
 //!   with [`PeerError::QueueFull`]. Gossip is periodic; the next round repairs
 //!   a lost one, and a stuck peer must not stall the gossip loop.
 //!
-//! When a connection breaks, every request in flight on it fails with
-//! [`PeerError::Unavailable`]. The next message reconnects at once; if that
+//! When a connection breaks, every request written on it fails with
+//! [`PeerError::Unavailable`] (its answer can no longer come); requests still
+//! queued go out on the next connection. A connection can also die silently (a
+//! partition that drops packets, a peer frozen by SIGSTOP): TCP would then
+//! keep retransmitting for many minutes. So when
+//! [`PeerConfig::stalled_after_timeouts`] requests in a row time out and not
+//! a single frame arrived meanwhile, the connection is taken for dead and
+//! closed, and the redial (which fails and backs off while the peer stays
+//! unreachable) decides what happens next. The next message reconnects at once; if that
 //! attempt fails, the peer enters back-off (from
 //! [`PeerConfig::backoff_initial`], doubling to [`PeerConfig::backoff_max`],
 //! with ±20% jitter so a cluster does not reconnect in lockstep), and until it
@@ -218,6 +225,10 @@ pub struct PeerConfig {
     pub backoff_max: Duration,
     /// How long a listener shutting down waits for running handlers. Default 5 s.
     pub shutdown_grace: Duration,
+    /// Requests to one peer that may time out in a row, with no frame at all
+    /// arriving from it meanwhile, before its connection is taken for dead,
+    /// closed and redialed. Default 3; 0 never gives up on a connection.
+    pub stalled_after_timeouts: u32,
 }
 
 impl PeerConfig {
@@ -236,6 +247,7 @@ impl PeerConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            stalled_after_timeouts: 3,
         }
     }
 
