@@ -336,14 +336,23 @@ impl PeerClient {
             tokio::spawn(run_link(
                 link.clone(),
                 rx,
-                self.inner.config.clone(),
-                self.inner.stats.clone(),
-                self.inner.shutdown.clone(),
+                LinkEnv {
+                    config: self.inner.config.clone(),
+                    stats: self.inner.stats.clone(),
+                    shutdown: self.inner.shutdown.clone(),
+                },
             ));
             PeerHandle { queue, link }
         });
         Ok(peer.clone())
     }
+}
+
+/// What every link task of a client shares.
+struct LinkEnv {
+    config: Arc<PeerConfig>,
+    stats: Arc<PeerStats>,
+    shutdown: CancellationToken,
 }
 
 /// Exponential back-off with jitter.
@@ -423,13 +432,12 @@ async fn connect(
 
 /// Owns the connection to one peer for the client's lifetime: dial on demand,
 /// serve the connection, back off after failures.
-async fn run_link(
-    link: Arc<Link>,
-    mut queue: mpsc::Receiver<Outgoing>,
-    config: Arc<PeerConfig>,
-    stats: Arc<PeerStats>,
-    shutdown: CancellationToken,
-) {
+async fn run_link(link: Arc<Link>, mut queue: mpsc::Receiver<Outgoing>, env: LinkEnv) {
+    let LinkEnv {
+        config,
+        stats,
+        shutdown,
+    } = &env;
     let addr = link.addr;
     let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
     let mut ever_connected = false;
@@ -450,7 +458,7 @@ async fn run_link(
                 link.fail(first, || PeerError::Closed);
                 break 'link;
             }
-            attempt = connect(addr, &config, &stats) => attempt,
+            attempt = connect(addr, config, stats) => attempt,
         };
         match attempt {
             Ok(established) => {
@@ -468,17 +476,8 @@ async fn run_link(
                 link.set_state(LinkState::Up);
                 connections += 1;
                 let connection = ConnectionNo(connections);
-                let ended = serve_connection(
-                    established,
-                    connection,
-                    first,
-                    &mut queue,
-                    &link,
-                    &config,
-                    &stats,
-                    &shutdown,
-                )
-                .await;
+                let ended =
+                    serve_connection(established, connection, first, &mut queue, &link, &env).await;
                 link.set_state(LinkState::Idle);
                 if shutdown.is_cancelled() {
                     break 'link;
@@ -568,10 +567,13 @@ async fn serve_connection(
     first: Outgoing,
     queue: &mut mpsc::Receiver<Outgoing>,
     link: &Link,
-    config: &PeerConfig,
-    stats: &Arc<PeerStats>,
-    shutdown: &CancellationToken,
+    env: &LinkEnv,
 ) -> ConnectionEnd {
+    let LinkEnv {
+        config,
+        stats,
+        shutdown,
+    } = env;
     let _active = stats.active_connection();
     let parts = established.framed.into_parts();
     let (read_half, write_half) = parts.io.into_split();
