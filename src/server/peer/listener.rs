@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,7 +18,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::frame::{Frame, PeerCodec};
+use super::frame::{Frame, PeerCodec, RequestId};
 use super::handshake;
 use super::stats::{Counter, PeerStats};
 use super::writer::{write_batches, WRITE_BUFFER_BOUNDARY};
@@ -130,6 +132,57 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
+/// The frame that answers a handled message, if one is due: requests get a
+/// response or a failure while their requester still waits; one-way messages
+/// get nothing.
+fn answer(
+    request: Option<(RequestId, Instant)>,
+    outcome: std::thread::Result<Option<Bytes>>,
+    config: &PeerConfig,
+    remote: SocketAddr,
+    node: &str,
+) -> Option<Frame> {
+    let Some((id, deadline)) = request else {
+        if outcome.is_err() {
+            error!(peer = %remote, %node, "peer message handler panicked");
+        }
+        return None;
+    };
+    // The requester stops waiting at the deadline; a later answer would only
+    // cost bandwidth.
+    if Instant::now() >= deadline {
+        return None;
+    }
+    let max_frame = config.max_frame_bytes;
+    Some(match outcome {
+        Ok(Some(payload)) => {
+            let response = Frame::Response { id, payload };
+            if response.body_len() <= max_frame {
+                response
+            } else {
+                Frame::Failure {
+                    id,
+                    reason: format!(
+                        "answer of {} bytes exceeds the maximum frame size of {max_frame}",
+                        response.body_len()
+                    ),
+                }
+            }
+        }
+        Ok(None) => Frame::Failure {
+            id,
+            reason: "no reply from handler".to_string(),
+        },
+        Err(_) => {
+            error!(peer = %remote, %node, "peer request handler panicked");
+            Frame::Failure {
+                id,
+                reason: "handler panicked".to_string(),
+            }
+        }
+    })
+}
+
 async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
@@ -172,8 +225,8 @@ async fn serve_connection(
     let mut writer = FramedWrite::new(write_half, PeerCodec::new(config.max_frame_bytes));
     writer.set_backpressure_boundary(WRITE_BUFFER_BOUNDARY);
 
-    // Each running handler holds a permit and sends at most one frame, so the
-    // answer queue never holds more than `max_inflight` frames.
+    // Answers wait here for the writer. Bounded like the handler slots: when
+    // the peer stops reading its answers, we stop reading its requests.
     let (answers, mut answer_queue) = mpsc::channel::<Frame>(config.max_inflight);
     let permits = Arc::new(Semaphore::new(config.max_inflight));
     let mut writer_task = {
@@ -239,49 +292,24 @@ async fn serve_connection(
                 continue;
             }
         }
-        let handling = handler.handle(&peer, payload);
+        let mut handling = AssertUnwindSafe(handler.handle(&peer, payload)).catch_unwind();
+        // Most handlers answer from memory without waiting; their answer goes
+        // straight to the writer, saving a task spawn per request.
+        if let Some(outcome) = (&mut handling).now_or_never() {
+            if let Some(answer) = answer(request, outcome, &config, remote, &peer.node_id) {
+                // Waits only while the writer is behind (the peer is not
+                // reading its answers), which pushes back like a full slot.
+                let _ = answers.send(answer).await;
+            }
+            drop(permit);
+            continue;
+        }
         let answers = answers.clone();
-        let max_frame = config.max_frame_bytes;
+        let config = config.clone();
         let node = peer.node_id.clone();
         tokio::spawn(async move {
-            let outcome = AssertUnwindSafe(handling).catch_unwind().await;
-            let Some((id, deadline)) = request else {
-                if outcome.is_err() {
-                    error!(peer = %remote, %node, "peer message handler panicked");
-                }
-                drop(permit);
-                return;
-            };
-            let answer = match outcome {
-                Ok(Some(payload)) => {
-                    let response = Frame::Response { id, payload };
-                    if response.body_len() <= max_frame {
-                        response
-                    } else {
-                        Frame::Failure {
-                            id,
-                            reason: format!(
-                                "answer of {} bytes exceeds the maximum frame size of {max_frame}",
-                                response.body_len()
-                            ),
-                        }
-                    }
-                }
-                Ok(None) => Frame::Failure {
-                    id,
-                    reason: "no reply from handler".to_string(),
-                },
-                Err(_) => {
-                    error!(peer = %remote, %node, "peer request handler panicked");
-                    Frame::Failure {
-                        id,
-                        reason: "handler panicked".to_string(),
-                    }
-                }
-            };
-            // The requester stops waiting at the deadline; a later answer
-            // would only cost bandwidth.
-            if Instant::now() < deadline {
+            let outcome = handling.await;
+            if let Some(answer) = answer(request, outcome, &config, remote, &node) {
                 let _ = answers.send(answer).await;
             }
             drop(permit);

@@ -144,8 +144,10 @@
 //! On the serving side, [`Handler::handle`] is called on the connection's
 //! reader task in arrival order, so a handler sees one peer's one-way
 //! messages in the order they were sent and can do cheap synchronous work
-//! without a task switch. The future it returns runs on its own task, so a
-//! slow request does not hold up the others on the same connection. At most
+//! without a task switch. The future it returns is polled once right there;
+//! if it is not done (it waits on disk or on other nodes), it moves to a task
+//! of its own, so a slow request does not hold up the others on the same
+//! connection, while an answer from memory costs no task spawn. At most
 //! [`PeerConfig::max_inflight`] of them run per connection; beyond that the
 //! reader stops reading, and TCP pushes back on the sender. (An mpsc of
 //! incoming requests with responders was the alternative; it adds a queue
