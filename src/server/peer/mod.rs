@@ -78,8 +78,8 @@
 //!   log names both versions. Payload versioning is the cluster layer's job.
 //! - **A 4-byte length prefix** (the layout of tokio-util's
 //!   `LengthDelimitedCodec`; the codec is our own, see [`frame::PeerCodec`]),
-//!   with a configurable maximum: partition streaming sends large batches, but one
-//!   frame must never be able to make a node allocate without bound.
+//!   with a configurable maximum: partition streaming sends large batches,
+//!   but one frame must never make a node allocate without bound.
 //! - **Relative budgets, not absolute deadlines.** Node clocks agree only
 //!   roughly; the requester writes how many milliseconds it will still wait
 //!   *when the frame is written*, so queueing time on the sender is already
@@ -125,21 +125,28 @@
 //!   with [`PeerError::QueueFull`]. Gossip is periodic; the next round repairs
 //!   a lost one, and a stuck peer must not stall the gossip loop.
 //!
-//! When a connection breaks, every request written on it fails with
+//! When a connection breaks, every request written on it fails at once with
 //! [`PeerError::Unavailable`] (its answer can no longer come); requests still
-//! queued go out on the next connection. A connection can also die silently (a
-//! partition that drops packets, a peer frozen by SIGSTOP): TCP would then
-//! keep retransmitting for many minutes. So when
-//! [`PeerConfig::stalled_after_timeouts`] requests in a row time out and not
-//! a single frame arrived meanwhile, the connection is taken for dead and
-//! closed, and the redial (which fails and backs off while the peer stays
-//! unreachable) decides what happens next. The next message reconnects at once; if that
-//! attempt fails, the peer enters back-off (from
-//! [`PeerConfig::backoff_initial`], doubling to [`PeerConfig::backoff_max`],
-//! with ±20% jitter so a cluster does not reconnect in lockstep), and until it
+//! queued go out on the next connection, which the next message dials at
+//! once. If a dial fails, the peer enters back-off (from
+//! [`PeerConfig::backoff_initial`], doubling up to [`PeerConfig::backoff_max`],
+//! with ±20% jitter so a cluster does not redial in lockstep), and until it
 //! ends every request and message to that peer fails immediately with
-//! [`PeerError::Unavailable`] instead of waiting for its deadline. The
-//! coordinator can then count that replica as down and go on to a fallback.
+//! [`PeerError::Unavailable`] instead of waiting for its deadline: the
+//! coordinator can count that replica as down and go on to a fallback.
+//!
+//! A connection can also die silently (a partition that drops packets, a peer
+//! frozen by SIGSTOP), and TCP would keep retransmitting for many minutes. So
+//! when [`PeerConfig::stalled_after_timeouts`] requests in a row time out with
+//! not a single frame arriving meanwhile, the connection is taken for dead and
+//! closed; the redial then fails and backs off for as long as the peer stays
+//! unreachable.
+//!
+//! A known limit of one connection per peer: a very large frame (a batch of a
+//! partition being streamed) delays the small frames queued behind it by its
+//! transfer time. Bulk senders should send chunks of about 1 MiB (a few
+//! milliseconds on a LAN); a second, bulk connection per peer is the next
+//! step should that not be enough.
 //!
 //! On the serving side, [`Handler::handle`] is called on the connection's
 //! reader task in arrival order, so a handler sees one peer's one-way
