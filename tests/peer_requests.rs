@@ -283,3 +283,38 @@ async fn a_request_that_expires_while_waiting_for_a_handler_slot_is_never_handle
     );
     assert_eq!(listener.stats().snapshot().expired_before_handling, 1);
 }
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_request_but_not_the_connection() {
+    let handler = ringkv::server::peer::handler_fn(|_from, payload: Bytes| {
+        if payload.as_ref() == b"panic now" {
+            panic!("handler bug (expected by this test)");
+        }
+        Box::pin(async move {
+            if payload.as_ref() == b"panic later" {
+                panic!("handler bug (expected by this test)");
+            }
+            Some(payload)
+        })
+    });
+    let listener = PeerListener::bind(localhost(), config("server"), handler)
+        .await
+        .expect("bind");
+    let client = PeerClient::new(config("client")).expect("valid config");
+    let addr = listener.local_addr();
+
+    for payload in [&b"panic now"[..], &b"panic later"[..]] {
+        let outcome = client
+            .request(addr, Bytes::copy_from_slice(payload), SECOND)
+            .await;
+        assert!(
+            matches!(&outcome, Err(PeerError::Remote { reason, .. }) if reason.contains("panicked")),
+            "{outcome:?}"
+        );
+    }
+    let reply = client
+        .request(addr, Bytes::from_static(b"fine"), SECOND)
+        .await;
+    assert_eq!(reply, Ok(Bytes::from_static(b"fine")));
+    assert_eq!(client.stats().snapshot().connections_opened, 1);
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
@@ -292,7 +293,12 @@ async fn serve_connection(
                 continue;
             }
         }
-        let mut handling = AssertUnwindSafe(handler.handle(&peer, payload)).catch_unwind();
+        // A panicking handler fails its request, never the connection.
+        let mut handling =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&peer, payload))) {
+                Ok(future) => Either::Left(AssertUnwindSafe(future).catch_unwind()),
+                Err(panic) => Either::Right(futures::future::ready(Err(panic))),
+            };
         // Most handlers answer from memory without waiting; their answer goes
         // straight to the writer, saving a task spawn per request.
         if let Some(outcome) = (&mut handling).now_or_never() {
