@@ -308,3 +308,64 @@ async fn forgetting_a_peer_closes_its_connection() {
     }
     assert_eq!(client.stats().snapshot().connections_active, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_a_peer_restart_fail_cleanly_within_their_deadline_and_then_recover() {
+    let mut server = config("server");
+    server.shutdown_grace = Duration::ZERO;
+    let listener = echo_listener(server.clone()).await;
+    let addr = listener.local_addr();
+    let mut client_config = config("client");
+    client_config.backoff_initial = Duration::from_millis(20);
+    client_config.backoff_max = Duration::from_millis(100);
+    let client = PeerClient::new(client_config).expect("valid config");
+    let deadline = Duration::from_millis(500);
+    let stop_at = Instant::now() + Duration::from_millis(1500);
+
+    let workers: Vec<_> = (0..50)
+        .map(|w| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                let mut i = 0;
+                while Instant::now() < stop_at {
+                    let started = Instant::now();
+                    let payload = Bytes::from(format!("w{w}-{i}"));
+                    let outcome = client.request(addr, payload.clone(), deadline).await;
+                    outcomes.push((payload, outcome, started.elapsed()));
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    listener.shutdown().await;
+    drop(listener);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _revived = PeerListener::bind(addr, server, echo_handler())
+        .await
+        .expect("rebind");
+
+    let mut failures = 0;
+    for worker in workers {
+        let outcomes = worker.await.expect("worker");
+        for (payload, outcome, took) in &outcomes {
+            assert!(
+                *took < deadline + Duration::from_millis(250),
+                "a request took {took:?}"
+            );
+            match outcome {
+                Ok(reply) => assert_eq!(&reply[5..], &payload[..], "wrong answer"),
+                Err(e) => {
+                    assert!(e.is_retryable(), "{e}");
+                    failures += 1;
+                }
+            }
+        }
+        let (_, last, _) = outcomes.last().expect("at least one request");
+        assert!(last.is_ok(), "the peer is back, yet: {last:?}");
+    }
+    assert!(failures > 0, "the restart should have failed some requests");
+}

@@ -280,7 +280,8 @@ impl PeerClient {
     }
 
     /// Queues a one-way message to the peer at `addr` without waiting. `Ok`
-    /// means queued, not delivered.
+    /// means queued, not delivered. Like every method here it must be called
+    /// inside a Tokio runtime (the first message to a peer starts its task).
     pub fn send(&self, addr: SocketAddr, payload: Bytes) -> Result<(), PeerError> {
         self.check_size(1 + payload.len())?;
         let peer = self.peer(addr)?;

@@ -623,6 +623,19 @@ mod tests {
         }
 
         #[test]
+        fn arbitrary_streams_never_panic_the_decoder(
+            stream in proptest::collection::vec(any::<u8>(), 0..256),
+            max in 0usize..64,
+        ) {
+            let mut codec = PeerCodec::new(max);
+            let mut buf = BytesMut::from(&stream[..]);
+            // Decode until the codec wants more bytes or gives up on the stream.
+            while let Ok(Some(frame)) = codec.decode(&mut buf) {
+                prop_assert!(frame.body_len() <= max);
+            }
+        }
+
+        #[test]
         fn arbitrary_bodies_never_panic_the_parser(body in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = Frame::decode_body(Bytes::from(body));
         }
