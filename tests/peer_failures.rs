@@ -6,7 +6,7 @@ mod peer_support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ringkv::server::peer::{PeerClient, PeerError, PeerListener};
+use ringkv::server::peer::{LinkStatus, PeerClient, PeerError, PeerListener};
 use tokio::net::TcpListener;
 
 use peer_support::{config, echo_handler, echo_listener, localhost};
@@ -50,6 +50,12 @@ async fn a_down_peer_fails_fast_and_is_reconnected_when_it_comes_back() {
     );
     assert!(started.elapsed() < Duration::from_millis(50));
     assert!(client.send(addr, Bytes::from_static(b"gossip")).is_err());
+    let links = client.links();
+    assert_eq!(links.len(), 1);
+    assert!(
+        matches!(&links[0], (a, LinkStatus::BackingOff { reason, .. }) if *a == addr && reason.contains("connect")),
+        "{links:?}"
+    );
     let stats = client.stats().snapshot();
     assert_eq!(stats.connect_failures, 1);
     assert_eq!(stats.failed_fast, 2);
@@ -61,6 +67,7 @@ async fn a_down_peer_fails_fast_and_is_reconnected_when_it_comes_back() {
         .expect("rebind the same port");
     let reply = retry_until_answered(&client, addr).await;
     assert_eq!(reply, Bytes::from_static(b"echo:again"));
+    assert_eq!(client.links(), vec![(addr, LinkStatus::Up)]);
     let stats = client.stats().snapshot();
     assert_eq!(stats.connections_opened, 1);
     assert_eq!(stats.reconnects, 1);

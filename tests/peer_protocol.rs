@@ -252,3 +252,38 @@ async fn a_peer_of_another_cluster_is_refused_with_the_reason() {
     assert!(log.warned(listener.local_addr(), "cannot reach peer"));
     assert_still_served(&listener, &client).await;
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_at_once_until_a_slot_frees() {
+    let log = LogCapture::global();
+    let mut server = config("server");
+    server.max_connections = 1;
+    server.handshake_timeout = Duration::from_millis(300);
+    let listener = echo_listener(server).await;
+
+    // A silent stranger takes the only slot until its handshake times out.
+    let mut squatter = TcpStream::connect(listener.local_addr())
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut extra = TcpStream::connect(listener.local_addr())
+        .await
+        .expect("connect");
+    let extra_addr = extra.local_addr().expect("addr");
+    let started = std::time::Instant::now();
+    let _ = read_until_closed(&mut extra, SECOND).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "closed at once"
+    );
+    assert!(
+        log.warned(extra_addr, "too many connections"),
+        "log:\n{}",
+        log.text()
+    );
+
+    // Once the squatter is gone, a real peer gets in.
+    let _ = read_until_closed(&mut squatter, 2 * SECOND).await;
+    let client = PeerClient::new(config("good")).expect("valid config");
+    assert_still_served(&listener, &client).await;
+}

@@ -98,6 +98,41 @@ enum LinkState {
     },
 }
 
+/// The state of the connection to one peer, for diagnostics
+/// ([`PeerClient::links`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// No connection open; the next message dials.
+    Idle,
+    /// Dialing or in the handshake.
+    Connecting,
+    /// Connected.
+    Up,
+    /// The last dial failed; messages fail at once for `retry_in` more.
+    BackingOff { retry_in: Duration, reason: String },
+}
+
+impl LinkState {
+    fn status(&self) -> LinkStatus {
+        match self {
+            LinkState::Idle => LinkStatus::Idle,
+            LinkState::Connecting => LinkStatus::Connecting,
+            LinkState::Up => LinkStatus::Up,
+            LinkState::BackingOff { until, reason } => {
+                let retry_in = until.saturating_duration_since(Instant::now());
+                if retry_in.is_zero() {
+                    LinkStatus::Idle
+                } else {
+                    LinkStatus::BackingOff {
+                        retry_in,
+                        reason: reason.to_string(),
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// An item in a peer's queue.
 enum Outgoing {
     Request {
@@ -297,6 +332,20 @@ impl PeerClient {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PeerError::Closed),
         }
+    }
+
+    /// The state of the connection to every peer this client has talked to,
+    /// sorted by address.
+    pub fn links(&self) -> Vec<(SocketAddr, LinkStatus)> {
+        let mut links: Vec<_> = self
+            .inner
+            .peers
+            .read()
+            .iter()
+            .map(|(addr, peer)| (*addr, peer.link.state.lock().status()))
+            .collect();
+        links.sort_by_key(|(addr, _)| *addr);
+        links
     }
 
     /// Forgets the peer at `addr` (it left the cluster): its connection is

@@ -111,6 +111,13 @@ async fn accept_loop(
                 }
             }
             accepted = listener.accept() => match accepted {
+                Ok((_, remote)) if connections.len() >= config.max_connections => {
+                    // Dropping the stream closes it. Peers that belong here
+                    // redial with back-off once slots free up.
+                    stats.incr(Counter::HandshakeFailures);
+                    warn!(peer = %remote, limit = config.max_connections,
+                          "refused peer connection: too many connections");
+                }
                 Ok((stream, remote)) => {
                     connections.spawn(serve_connection(
                         stream,

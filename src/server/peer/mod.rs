@@ -184,7 +184,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-pub use client::PeerClient;
+pub use client::{LinkStatus, PeerClient};
 pub use handshake::{ClusterSecret, HandshakeError};
 pub use listener::PeerListener;
 pub use stats::{PeerStats, PeerStatsSnapshot};
@@ -234,6 +234,10 @@ pub struct PeerConfig {
     pub backoff_max: Duration,
     /// How long a listener shutting down waits for running handlers. Default 5 s.
     pub shutdown_grace: Duration,
+    /// Incoming connections served at once, handshakes included; more are
+    /// closed at once with a warning. Bounds what strangers on the peer port
+    /// can hold. Default 1024.
+    pub max_connections: usize,
     /// Requests to one peer that may time out in a row, with no frame at all
     /// arriving from it meanwhile, before its connection is taken for dead,
     /// closed and redialed. Default 3; 0 never gives up on a connection.
@@ -256,6 +260,7 @@ impl PeerConfig {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            max_connections: 1024,
             stalled_after_timeouts: 3,
         }
     }
@@ -286,6 +291,7 @@ impl PeerConfig {
             ("queue depth", self.queue_depth),
             ("max in-flight", self.max_inflight),
             ("max batch", self.max_batch),
+            ("max connections", self.max_connections),
         ] {
             if n == 0 {
                 return Err(Error::invalid(format!("peer {what} must be at least 1")));
