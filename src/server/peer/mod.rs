@@ -109,6 +109,11 @@
 //! reach the peer port can write any key and forge membership. Bind it to a
 //! private interface or firewall it.
 //!
+//! Either way, what a stranger can hold is bounded: at most
+//! [`PeerConfig::max_connections`] incoming connections at once, 4 KiB of
+//! buffered frame and [`PeerConfig::handshake_timeout`] per connection until
+//! the handshake is done.
+//!
 //! # Connections, queues and deadlines
 //!
 //! A [`PeerClient`] keeps one connection per peer address and multiplexes all
