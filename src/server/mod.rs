@@ -1,1 +1,3 @@
 //! (module under construction; see lib.rs for its role)
+
+pub mod peer;
