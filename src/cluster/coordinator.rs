@@ -70,7 +70,10 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::membership::{Membership, Millis, Status};
-use super::messages::{GetReply, GetRequest, Message, PutAck, PutRequest, RemoteError, RequestId};
+use super::messages::{
+    GetReply, GetRequest, Message, PutAck, PutRequest, RemoteError, RequestId,
+    DEFAULT_MAX_FRAME_LEN, FRAME_OVERHEAD,
+};
 use super::read_repair::{plan_read_repair, RepairNeed};
 use super::ring::{NodeId, PartitionId, Ring};
 use crate::error::{Error, Result};
@@ -93,6 +96,11 @@ pub struct QuorumConfig {
     /// fallback, in ms. Default 300 (under the timeout, so the fallback has
     /// time to answer).
     pub fallback_after_ms: u64,
+    /// The largest encoded sibling set a write may replicate, in bytes.
+    /// Default: the internode frame limit minus its overhead
+    /// ([`DEFAULT_MAX_FRAME_LEN`] - [`FRAME_OVERHEAD`]), so that every `Put`
+    /// fits in a frame; a larger write is refused before it is stored.
+    pub max_set_bytes: usize,
 }
 
 impl Default for QuorumConfig {
@@ -102,6 +110,7 @@ impl Default for QuorumConfig {
             write_quorum: 2,
             timeout_ms: 1000,
             fallback_after_ms: 300,
+            max_set_bytes: DEFAULT_MAX_FRAME_LEN - FRAME_OVERHEAD,
         }
     }
 }
@@ -484,13 +493,22 @@ impl Coordinator {
 
     /// Start a write of `set` (the key's new sibling set, built by the
     /// caller) for a client. Returns the request's id, which the final
-    /// [`Effect::Reply`] repeats.
+    /// [`Effect::Reply`] repeats, or an `InvalidInput` error, with nothing
+    /// stored, if the set is larger than [`QuorumConfig::max_set_bytes`].
     pub fn begin_write(
         &mut self,
         key: Vec<u8>,
         set: SiblingSet,
         now: Millis,
-    ) -> (RequestId, Vec<Effect>) {
+    ) -> Result<(RequestId, Vec<Effect>)> {
+        let encoded = encode(&set);
+        if encoded.len() + key.len() > self.config.max_set_bytes {
+            return Err(Error::invalid(format!(
+                "value too large to replicate: {} bytes with its versions, limit {}",
+                encoded.len() + key.len(),
+                self.config.max_set_bytes
+            )));
+        }
         let id = self.fresh_id();
         self.stats.writes += 1;
         let partition = self.ring.partition_for_key(&key);
@@ -519,10 +537,10 @@ impl Coordinator {
                 needed,
                 got: 0,
             });
-            return (id, vec![Effect::Reply { id, result }]);
+            return Ok((id, vec![Effect::Reply { id, result }]));
         }
         let mut op = WriteOp {
-            encoded: encode(&set),
+            encoded,
             key,
             partition,
             needed,
@@ -553,7 +571,7 @@ impl Coordinator {
             }
         }
         self.ops.insert(id, Op::Write(op));
-        (id, effects)
+        Ok((id, effects))
     }
 
     /// Record and return a `Put` of `op` to `node`.
