@@ -817,3 +817,218 @@ fn acknowledged_writes_survive_failures_and_owners_converge_after_heal() {
         assert!(!acked.is_empty(), "seed {seed}: some writes succeed");
     }
 }
+
+/// A lone coordinator of a 3-node ring, for the replica side and for
+/// answers that arrive out of turn.
+fn lone(me: usize) -> (Coordinator, Vec<NodeId>) {
+    let c = Cluster::new(3, 0);
+    let ids: Vec<NodeId> = c.preference(KEY).iter().map(|&n| c.id(n)).collect();
+    let coord = Coordinator::new(
+        ids[me],
+        c.nodes[0].coord.ring().clone(),
+        QuorumConfig::default(),
+    )
+    .expect("a valid config");
+    (coord, ids)
+}
+
+fn put_of(effects: &[Effect]) -> Vec<(NodeId, PutRequest)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send {
+                to,
+                msg: Message::Put(p),
+            } => Some((*to, p.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ack_of(effects: &[Effect]) -> std::result::Result<(), RemoteError> {
+    match effects {
+        [Effect::Send {
+            msg: Message::PutAck(ack),
+            ..
+        }] => ack.outcome.clone(),
+        other => panic!("expected one PutAck, got {other:?}"),
+    }
+}
+
+fn one_version(value: &str) -> SiblingSet {
+    let mut set = SiblingSet::new();
+    set.overwrite(ActorId(7), payload(value), None, 0);
+    set
+}
+
+#[test]
+fn acks_from_nodes_never_asked_or_repeated_do_not_count() {
+    let (mut coord, ids) = lone(0);
+    let (id, effects) = coord
+        .begin_write(KEY.as_bytes().to_vec(), one_version("v"), Millis(0))
+        .expect("small");
+    assert!(
+        matches!(effects[0], Effect::StoreLocal { .. }),
+        "local copy first"
+    );
+    assert_eq!(put_of(&effects).len(), 2);
+    let ok = |id| {
+        Message::PutAck(PutAck {
+            id,
+            outcome: Ok(()),
+        })
+    };
+    let stranger = NodeId::from_peer_addr("stranger:1");
+    assert!(coord.on_reply(stranger, ok(id), Millis(1)).is_empty());
+    assert!(coord
+        .on_reply(ids[1], ok(RequestId(999)), Millis(1))
+        .is_empty());
+    assert!(coord.on_reply(ids[1], ok(id), Millis(1)).is_empty());
+    assert!(
+        coord.on_reply(ids[1], ok(id), Millis(2)).is_empty(),
+        "one vote per node"
+    );
+    let done = coord.on_local_stored(id, Ok(()), Millis(3));
+    assert_eq!(
+        done,
+        vec![Effect::Reply {
+            id,
+            result: Ok(Answer::Written)
+        }]
+    );
+    // The third owner's late answer finishes the request silently.
+    assert!(coord.on_reply(ids[2], ok(id), Millis(4)).is_empty());
+    assert_eq!(coord.in_flight(), 0);
+}
+
+#[test]
+fn a_failed_put_is_retried_on_a_fallback_with_a_hint_for_the_owner() {
+    let c = Cluster::new(5, 0);
+    let pref: Vec<NodeId> = c.preference(KEY).iter().map(|&n| c.id(n)).collect();
+    let mut coord = Coordinator::new(
+        pref[0],
+        c.nodes[0].coord.ring().clone(),
+        QuorumConfig::default(),
+    )
+    .expect("a valid config");
+    let (id, _) = coord
+        .begin_write(KEY.as_bytes().to_vec(), one_version("v"), Millis(0))
+        .expect("small");
+    let failed = Message::PutAck(PutAck {
+        id,
+        outcome: Err(RemoteError::Overloaded),
+    });
+    let retry = put_of(&coord.on_reply(pref[1], failed, Millis(5)));
+    assert_eq!(retry.len(), 1);
+    assert_eq!(retry[0].0, pref[3], "the first fallback");
+    assert_eq!(
+        retry[0].1.hint_for,
+        Some(pref[1]),
+        "for the owner that failed"
+    );
+    assert_eq!(retry[0].1.budget_ms, 995, "what is left of the deadline");
+}
+
+#[test]
+fn a_replica_refuses_a_put_for_the_wrong_partition_or_with_no_budget_left() {
+    let (mut coord, ids) = lone(1);
+    let mut store = MemStore::default();
+    let mut hints = MemStore::default();
+    let good = repair_request(
+        RequestId(1),
+        coord.ring().partition_for_key(KEY.as_bytes()),
+        KEY.as_bytes().to_vec(),
+        &one_version("v"),
+        100,
+    );
+    let wrong_partition = PutRequest {
+        partition: PartitionId(good.partition.0 + 1),
+        ..good.clone()
+    };
+    let ack = ack_of(&coord.on_put(ids[0], wrong_partition, &mut store, &mut hints));
+    assert!(matches!(ack, Err(RemoteError::Rejected(_))), "{ack:?}");
+    let expired = PutRequest {
+        budget_ms: 0,
+        ..good.clone()
+    };
+    let ack = ack_of(&coord.on_put(ids[0], expired, &mut store, &mut hints));
+    assert_eq!(ack, Err(RemoteError::DeadlinePassed));
+    let garbage = PutRequest {
+        siblings: vec![0xFF; 3],
+        ..good.clone()
+    };
+    let ack = ack_of(&coord.on_put(ids[0], garbage, &mut store, &mut hints));
+    assert!(matches!(ack, Err(RemoteError::Rejected(_))), "{ack:?}");
+    assert!(store.keys.is_empty(), "nothing refused was stored");
+    store.failing = true;
+    let ack = ack_of(&coord.on_put(ids[0], good.clone(), &mut store, &mut hints));
+    assert!(matches!(ack, Err(RemoteError::Storage(_))), "{ack:?}");
+    store.failing = false;
+    assert_eq!(
+        ack_of(&coord.on_put(ids[0], good, &mut store, &mut hints)),
+        Ok(())
+    );
+    assert_eq!(values(&store.keys[KEY.as_bytes()]), ["v"]);
+}
+
+#[test]
+fn a_hint_meant_for_this_node_is_stored_as_its_own_replica() {
+    let (mut coord, ids) = lone(1);
+    let mut store = MemStore::default();
+    let mut hints = MemStore::default();
+    let partition = coord.ring().partition_for_key(KEY.as_bytes());
+    let mut put = repair_request(
+        RequestId(1),
+        partition,
+        KEY.as_bytes().to_vec(),
+        &one_version("v"),
+        100,
+    );
+    put.hint_for = Some(ids[1]);
+    assert_eq!(
+        ack_of(&coord.on_put(ids[0], put.clone(), &mut store, &mut hints)),
+        Ok(())
+    );
+    assert!(hints.hints.is_empty());
+    assert!(store.keys.contains_key(KEY.as_bytes()));
+    put.hint_for = Some(ids[2]);
+    assert_eq!(
+        ack_of(&coord.on_put(ids[0], put, &mut store, &mut hints)),
+        Ok(())
+    );
+    assert!(hints.hints.contains_key(&(ids[2], KEY.as_bytes().to_vec())));
+}
+
+#[test]
+fn a_read_answers_after_r_and_repairs_only_after_every_owner_answered() {
+    let (mut coord, ids) = lone(0);
+    let (id, effects) = coord.begin_read(KEY.as_bytes().to_vec(), Millis(0));
+    assert!(matches!(effects[0], Effect::ReadLocal { .. }));
+    assert_eq!(effects.len(), 3);
+    let fresh = one_version("fresh");
+    let reply = |set: Option<&SiblingSet>| {
+        Message::GetReply(GetReply {
+            id,
+            outcome: Ok(set.map(encode)),
+        })
+    };
+    assert!(coord.on_local_read(id, Ok(Some(fresh.clone()))).is_empty());
+    let answered = coord.on_reply(ids[1], reply(Some(&fresh)), Millis(2));
+    assert_eq!(
+        answered,
+        vec![Effect::Reply {
+            id,
+            result: Ok(Answer::Read(fresh.clone()))
+        }]
+    );
+    let repair = coord.on_reply(ids[2], reply(None), Millis(3));
+    match &repair[..] {
+        [Effect::Repair { to, set, need, .. }] => {
+            assert_eq!(*to, ids[2]);
+            assert_eq!(set, &fresh);
+            assert_eq!(need.missing, 1);
+        }
+        other => panic!("expected one repair, got {other:?}"),
+    }
+    assert_eq!(coord.in_flight(), 0);
+}
