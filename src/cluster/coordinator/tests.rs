@@ -1032,3 +1032,176 @@ fn a_read_answers_after_r_and_repairs_only_after_every_owner_answered() {
     }
     assert_eq!(coord.in_flight(), 0);
 }
+
+/// Runs a cluster scenario written as a script, one command per line;
+/// `command -> expected` checks what the command printed. Nodes are named
+/// by their role for the key `k`: owners `o1 o2 o3` (in preference order),
+/// then fallbacks `f1 f2`. Every command runs until the cluster is quiet.
+///
+/// ```text
+/// start N                        a cluster of N nodes (Q=64, N=3, R=W=2)
+/// set KEY VALUE via NODE         a client SET; prints OK or the error
+/// get KEY via NODE               a client GET; prints the values or (nil)
+/// resolve KEY VALUE via NODE     RESOLVE with the context of the last get
+/// kill NODE..                    stop nodes; membership marks them down
+/// crash NODE..                   stop nodes; membership does not notice
+/// revive NODE..                  restart nodes with their data
+/// partition NODE.. | NODE..      cut the network; each side sees the other down
+/// heal                           join the network again
+/// handoff                        fallbacks hand their hints to the owners
+/// stored KEY on NODE             the values in a node's own replica
+/// hints on NODE                  how many hints a node holds
+/// ```
+fn run_script(seed: u64, script: &str) {
+    let mut cluster: Option<Cluster> = None;
+    let mut last_read = SiblingSet::new();
+    for (number, line) in script.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (command, expected) = match line.split_once("->") {
+            Some((command, expected)) => (command.trim(), Some(expected.trim())),
+            None => (line, None),
+        };
+        let words: Vec<&str> = command.split_whitespace().collect();
+        if let ["start", size] = words[..] {
+            let size = size.parse().expect("start takes a node count");
+            cluster = Some(Cluster::new(size, seed));
+            continue;
+        }
+        let c = cluster.as_mut().expect("the script starts with `start N`");
+        let pref = c.preference("k");
+        let node = |name: &str| -> usize {
+            let rank = ["o1", "o2", "o3", "f1", "f2"]
+                .iter()
+                .position(|&r| r == name)
+                .unwrap_or_else(|| panic!("line {}: unknown node {name}", number + 1));
+            pref[rank]
+        };
+        let show = |result: std::result::Result<Answer, QuorumError>| match result {
+            Ok(_) => "OK".to_string(),
+            Err(e) => Error::from(e).to_resp(),
+        };
+        let output = match words[..] {
+            ["set", key, value, "via", via] => show(c.set(node(via), key, value)),
+            ["get", key, "via", via] => match c.get(node(via), key) {
+                Ok(set) => {
+                    last_read = set.clone();
+                    let values = values(&set);
+                    if values.is_empty() {
+                        "(nil)".to_string()
+                    } else {
+                        values.join(" ")
+                    }
+                }
+                Err(e) => Error::from(e).to_resp(),
+            },
+            ["resolve", key, value, "via", via] => {
+                let context = last_read.causal_context();
+                show(c.resolve(node(via), key, &context, value))
+            }
+            ["kill", ref names @ ..] => {
+                names.iter().for_each(|n| c.kill(node(n), true));
+                String::new()
+            }
+            ["crash", ref names @ ..] => {
+                names.iter().for_each(|n| c.kill(node(n), false));
+                String::new()
+            }
+            ["revive", ref names @ ..] => {
+                names.iter().for_each(|n| c.revive(node(n)));
+                String::new()
+            }
+            ["partition", ref names @ ..] => {
+                let sides: Vec<Vec<usize>> = names
+                    .split(|&w| w == "|")
+                    .map(|side| side.iter().map(|n| node(n)).collect())
+                    .collect();
+                let sides: Vec<&[usize]> = sides.iter().map(Vec::as_slice).collect();
+                c.partition(&sides);
+                String::new()
+            }
+            ["heal"] => {
+                c.heal();
+                String::new()
+            }
+            ["handoff"] => {
+                c.hand_off_hints();
+                String::new()
+            }
+            ["stored", key, "on", at] => c
+                .stored(node(at), key)
+                .map(|set| values(set).join(" "))
+                .unwrap_or_else(|| "(none)".to_string()),
+            ["hints", "on", at] => c.nodes[node(at)].hints.hints.len().to_string(),
+            _ => panic!("line {}: unknown command {command:?}", number + 1),
+        };
+        c.settle();
+        if let Some(expected) = expected {
+            assert_eq!(output, expected, "line {}: {line}", number + 1);
+        }
+    }
+}
+
+#[test]
+fn script_seed_example_d1_to_d5() {
+    run_script(
+        20,
+        "
+        start 5
+        set k D1 via o1 -> OK
+        set k D2 via o1 -> OK
+        partition o1 o2 f1 | o3 f2
+        # Each side has a write quorum: o2 with o1 (f1 holds o3's copy),
+        # o3 with f2 holding a copy for o1.
+        set k D3 via o2 -> OK
+        set k D4 via o3 -> OK
+        hints on f1 -> 1
+        hints on f2 -> 1
+        heal
+        handoff
+        get k via o1 -> D3 D4
+        resolve k D5 via o1 -> OK
+        get k via f2 -> D5
+        stored k on o1 -> D5
+        stored k on o2 -> D5
+        stored k on o3 -> D5
+        ",
+    );
+}
+
+#[test]
+fn script_two_replicas_down_then_back() {
+    run_script(
+        21,
+        "
+        start 3
+        set k v1 via o1 -> OK
+        kill o2 o3
+        set k v2 via o1 -> UNAVAILABLE needed W=2 acks, got 0
+        get k via o1 -> UNAVAILABLE needed R=2 acks, got 0
+        stored k on o1 -> v1
+        revive o3
+        set k v3 via o1 -> OK
+        get k via o3 -> v3
+        ",
+    );
+}
+
+#[test]
+fn script_an_unnoticed_crash_costs_latency_not_the_write() {
+    run_script(
+        22,
+        "
+        start 5
+        crash o3
+        set k v via o1 -> OK
+        stored k on o3 -> (none)
+        hints on f1 -> 1
+        revive o3
+        handoff
+        stored k on o3 -> v
+        ",
+    );
+}
