@@ -11,7 +11,10 @@
 //!    the first healthy owner, once: a forwarded request is coordinated
 //!    where it lands even if that node's ring disagrees, so a request never
 //!    bounces. Forwarding keeps the set of clock actors per key down to the
-//!    owners (plus fallbacks during failures), which keeps clocks small.
+//!    owners (plus fallbacks during failures), which keeps clocks small. The
+//!    forward itself (a `Forward` message carrying the client's command) is
+//!    the server's: it waits for the `ForwardReply` under the client's
+//!    deadline and answers `TIMEOUT` if the owner does not answer.
 //! 2. **Write** ([`Coordinator::begin_write`]). The caller builds the new
 //!    sibling set (from its replica, or from a quorum read for `RESOLVE` and
 //!    read-modify-write commands) and hands it over. The coordinator stores
@@ -54,7 +57,10 @@
 //!   `(owner, key, set)` to a [`HintStore`], which must make the hint durable
 //!   before the `Put` is acknowledged and replays it when the owner is back
 //!   (the hints module). Consequently reads ask owners only: hinted copies
-//!   are not read, as in Riak's fallback vnodes before handoff.
+//!   are not read, as in Riak's fallback vnodes before handoff. A write
+//!   acknowledged partly by fallbacks may therefore be missed by an `R`
+//!   read until the hints are handed off or read repair or anti-entropy
+//!   catch up; sloppy quorums never promised read-your-writes (Dynamo §4.6).
 //! - **Hedged fallbacks.** Dynamo replaces a replica that membership shows
 //!   as failed. Here a replica that has not answered within
 //!   `fallback_after_ms` also gets a fallback (the original request stays
@@ -418,14 +424,19 @@ impl Coordinator {
         self.ops.len()
     }
 
-    /// The earliest deadline in flight: when [`on_tick`](Self::on_tick)
-    /// next has work (fallback timers are earlier still, so tick at least
-    /// every `fallback_after_ms`).
-    pub fn next_deadline(&self) -> Option<Millis> {
+    /// When [`on_tick`](Self::on_tick) next has work: the earliest request
+    /// deadline or fallback timer in flight, `None` when idle. The server
+    /// sleeps until then (or the next message) instead of polling.
+    pub fn next_wakeup(&self) -> Option<Millis> {
         self.ops
             .values()
             .map(|op| match op {
-                Op::Write(w) => w.deadline,
+                Op::Write(w) => w
+                    .attempts
+                    .iter()
+                    .filter(|a| a.state == AttemptState::Pending && !a.replaced)
+                    .map(|a| a.sent_at.plus(self.config.fallback_after_ms))
+                    .fold(w.deadline, Millis::min),
                 Op::Read(r) => r.deadline,
             })
             .min()

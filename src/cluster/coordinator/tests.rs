@@ -1205,3 +1205,53 @@ fn script_an_unnoticed_crash_costs_latency_not_the_write() {
         ",
     );
 }
+
+#[test]
+fn the_next_wakeup_is_the_earliest_fallback_timer_or_deadline() {
+    let (mut coord, _) = lone(0);
+    assert_eq!(coord.next_wakeup(), None, "idle");
+    let (id, _) = coord
+        .begin_write(KEY.as_bytes().to_vec(), one_version("v"), Millis(100))
+        .expect("small");
+    assert_eq!(coord.next_wakeup(), Some(Millis(400)), "fallback_after_ms");
+    // Past the fallback timer with no spare to ask: only the deadline is left.
+    coord.on_tick(Millis(400));
+    assert_eq!(coord.next_wakeup(), Some(Millis(1100)));
+    let done = coord.on_tick(Millis(1100));
+    assert!(matches!(
+        done[..],
+        [Effect::Reply {
+            id: done_id,
+            result: Err(QuorumError::Timeout { .. })
+        }] if done_id == id
+    ));
+    assert_eq!(coord.next_wakeup(), None);
+}
+
+#[test]
+fn membership_views_drive_routing() {
+    use crate::cluster::membership::{ClusterSettings, GossipConfig, Incarnation, LocalNode};
+    let (mut coord, ids) = lone(0);
+    let local = LocalNode {
+        id: ids[0],
+        addr: "127.0.0.1:7000".into(),
+        peer_addr: "127.0.0.1:17000".into(),
+        incarnation: Incarnation(1),
+    };
+    let membership = Membership::new(
+        local,
+        ClusterSettings::default(),
+        GossipConfig::default(),
+        1,
+        Millis(0),
+    )
+    .expect("valid settings");
+    // Alone in its own view, the node owns every key and capped quorums
+    // let it write alone.
+    coord.sync_with(&membership).expect("a ring of one");
+    assert_eq!(coord.ring().members(), &[ids[0]]);
+    let (_, effects) = coord
+        .begin_write(KEY.as_bytes().to_vec(), one_version("v"), Millis(0))
+        .expect("small");
+    assert!(matches!(effects[..], [Effect::StoreLocal { .. }]));
+}
