@@ -528,7 +528,7 @@ fn expected_unavailable() -> QuorumError {
 }
 
 #[test]
-fn failing_replicas_make_a_write_unavailable_before_the_deadline() {
+fn failing_replicas_make_writes_and_reads_unavailable_before_the_deadline() {
     let mut c = Cluster::new(3, 6);
     let pref = c.preference(KEY);
     c.nodes[pref[1]].store.failing = true;
@@ -539,6 +539,16 @@ fn failing_replicas_make_a_write_unavailable_before_the_deadline() {
         result,
         Err(QuorumError::Unavailable {
             what: "W",
+            needed: 2,
+            got: 1
+        })
+    );
+    assert!(c.now.since(started) < 100, "no waiting for the deadline");
+    let started = c.now;
+    assert_eq!(
+        c.get(pref[0], KEY),
+        Err(QuorumError::Unavailable {
+            what: "R",
             needed: 2,
             got: 1
         })
