@@ -48,9 +48,10 @@
 //!   are plain Redis clients that connect anywhere, so a non-owner forwards
 //!   (one hop). With every owner down a node coordinates itself, through
 //!   fallbacks only: it never stores a key it does not own in its keyspace.
-//! - **Whole sets, stored locally first.** Every `Put` carries the key's
-//!   whole sibling set (see `version`), so a `Put`, a hinted `Put` and a
-//!   read repair are the same message and the same idempotent merge.
+//! - **Whole sets.** As in Dynamo the coordinator stores locally first, but
+//!   what it stores and sends is the key's whole sibling set, not one new
+//!   version (see `version`), so a `Put`, a hinted `Put` and a read repair
+//!   are the same message and the same idempotent merge.
 //! - **Hints are effects, not a second keyspace.** A fallback does not merge
 //!   hinted data into its own keyspace (it does not own the partition, and
 //!   its Merkle trees and anti-entropy cover owned partitions only). It hands
