@@ -27,9 +27,11 @@
 //! further state machines of the same shape.
 
 pub mod anti_entropy;
+pub mod coordinator;
 pub mod membership;
 pub mod merkle;
 pub mod messages;
+pub mod read_repair;
 pub mod ring;
 pub mod sim;
 
