@@ -666,6 +666,182 @@ mod tests {
         assert_eq!((stats.data_block_reads, stats.block_disk_reads), (2, 1));
     }
 
+    /// Writes a small multi-block table and returns (dir, path, model, file bytes).
+    fn small_table() -> (tempfile::TempDir, PathBuf, Model, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("7.sst");
+        let model = numbered(60);
+        let opts = TableOptions {
+            block_bytes: 256,
+            ..TableOptions::default()
+        };
+        write(&path, &model, &opts);
+        let bytes = std::fs::read(&path).unwrap();
+        (dir, path, model, bytes)
+    }
+
+    fn flip(path: &Path, bytes: &[u8], at: usize) {
+        let mut bad = bytes.to_vec();
+        bad[at] ^= 0x20;
+        std::fs::write(path, bad).unwrap();
+    }
+
+    /// Asserts `e` is a corruption naming `path`; returns its offset.
+    fn assert_corruption(e: &Error, path: &Path) -> u64 {
+        match e {
+            Error::Corruption { file, offset, .. } => {
+                assert_eq!(file, path);
+                *offset
+            }
+            other => panic!("expected corruption in {}, got {other:?}", path.display()),
+        }
+    }
+
+    /// (filter, index, footer) offsets of a version-1 file.
+    fn layout(bytes: &[u8]) -> (usize, usize, usize) {
+        let footer = bytes.len() - FOOTER_LEN;
+        let f = &bytes[footer..];
+        (u64_at(f, 0) as usize, u64_at(f, 12) as usize, footer)
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_data_block_is_reported_with_path_and_block_offset() {
+        let (_dir, path, model, bytes) = small_table();
+        let table_ok = open(&path).unwrap();
+        let second = table_ok.index.entries[1].handle;
+        drop(table_ok);
+        flip(&path, &bytes, second.offset as usize + 3);
+        let table = open(&path).unwrap();
+        let key_in_block = table.index.last_key(1).to_vec();
+        let offset = assert_corruption(&table.get(&key_in_block).unwrap_err(), &path);
+        assert_eq!(offset, second.offset);
+        // Other blocks still answer; the scan stops at the damaged block.
+        let first_key = model.keys().next().unwrap();
+        assert!(table.get(first_key).unwrap().is_some());
+        let results: Vec<_> = table.iter(Bound::Unbounded).collect();
+        match results.last() {
+            Some(Err(e)) => assert_eq!(assert_corruption(e, &path), second.offset),
+            other => panic!("expected the scan to end in corruption, got {other:?}"),
+        }
+        assert!(results[..results.len() - 1].iter().all(|r| r.is_ok()));
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_index_fails_open() {
+        let (_dir, path, _model, bytes) = small_table();
+        let (_, index, footer) = layout(&bytes);
+        for at in [index, (index + footer) / 2, footer - 1] {
+            flip(&path, &bytes, at);
+            assert_eq!(
+                assert_corruption(&open(&path).unwrap_err(), &path),
+                index as u64
+            );
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_filter_fails_open() {
+        let (_dir, path, _model, bytes) = small_table();
+        let (filter, index, _) = layout(&bytes);
+        for at in [filter, filter + 1, (filter + index) / 2, index - 1] {
+            flip(&path, &bytes, at);
+            assert_eq!(
+                assert_corruption(&open(&path).unwrap_err(), &path),
+                filter as u64
+            );
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_footer_fails_open() {
+        let (_dir, path, _model, bytes) = small_table();
+        let (_, _, footer) = layout(&bytes);
+        for at in footer..bytes.len() {
+            flip(&path, &bytes, at);
+            assert_corruption(&open(&path).unwrap_err(), &path);
+        }
+    }
+
+    #[test]
+    fn a_truncated_file_fails_open() {
+        let (_dir, path, _model, bytes) = small_table();
+        for len in [
+            0,
+            1,
+            19,
+            20,
+            75,
+            76,
+            bytes.len() / 2,
+            bytes.len() - 77,
+            bytes.len() - 1,
+        ] {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            assert_corruption(&open(&path).unwrap_err(), &path);
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_io_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing.sst");
+        match open(&path) {
+            Err(Error::Io(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+                assert!(e.to_string().contains("missing.sst"), "{e}");
+            }
+            other => panic!("expected a not-found error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_from_a_newer_format_version_is_refused_as_such() {
+        let (_dir, path, _model, mut bytes) = small_table();
+        let footer = bytes.len() - FOOTER_LEN;
+        bytes[footer + 60..footer + 64].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c(&bytes[footer..footer + 64]);
+        bytes[footer + 64..footer + 68].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        match open(&path) {
+            Err(Error::UnsupportedVersion {
+                file,
+                found: 2,
+                supported: 1,
+            }) => assert_eq!(file, path),
+            other => panic!("expected an unsupported version, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_single_flipped_byte_anywhere_yields_wrong_data() {
+        let (_dir, path, model, bytes) = small_table();
+        for at in 0..bytes.len() {
+            flip(&path, &bytes, at);
+            let table = match open(&path) {
+                Err(e) => {
+                    assert_corruption(&e, &path);
+                    continue;
+                }
+                Ok(table) => table,
+            };
+            // Open succeeded, so the flip is in a data block: every answer is
+            // right or a corruption error, and at least one is an error.
+            let mut errors = 0;
+            for (k, (seq, v)) in &model {
+                match table.get(k) {
+                    Ok(found) => assert_eq!(found, Some((SeqNo(*seq), entry(v))), "flip at {at}"),
+                    Err(e) => {
+                        assert_corruption(&e, &path);
+                        errors += 1;
+                    }
+                }
+            }
+            assert!(errors > 0, "flip at {at} went unnoticed");
+            let scanned: Vec<_> = table.iter(Bound::Unbounded).collect();
+            assert!(scanned.last().is_some_and(|r| r.is_err()), "flip at {at}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
