@@ -58,10 +58,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::cache::BlockCache;
 use super::merge::{MergeIter, Source};
 use super::options::{CompactionFilter, FilterDecision};
 use super::rate_limiter::RateLimiter;
-use super::sstable::{BlockCache, SsTable, SsTableBuilder, TableOptions};
+use super::sstable::{SsTable, SsTableBuilder, TableOptions};
 use super::types::{Entry, TableId};
 use super::version::Run;
 use crate::error::{Error, Result};
@@ -225,7 +226,7 @@ pub(crate) fn merge_runs(
         Ok(()) => Ok(output),
         Err(err) => {
             if let Some((b, _, _)) = builder.take() {
-                b.abandon();
+                let _ = b.abandon();
             }
             for table in &output.tables {
                 let _ = std::fs::remove_file(table.path());

@@ -15,13 +15,14 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::batch::{BatchOp, BatchOps, WriteBatch};
+use super::cache::BlockCache;
 use super::compaction::{self, MergeContext, TieringPolicy};
 use super::manifest::{self, ManifestData};
 use super::memtable::{MemTable, MemTableIter};
 use super::merge::{MergeIter, Source};
 use super::options::Options;
 use super::rate_limiter::RateLimiter;
-use super::sstable::{BlockCache, SsTable, SsTableBuilder};
+use super::sstable::{SsTable, SsTableBuilder};
 use super::types::{Entry, SeqNo, TableId};
 use super::version::{table_path, Run, SuperVersion, TableHandle};
 use super::wal::{self, GroupCommit, SegmentId, WalWriter};
@@ -181,14 +182,22 @@ pub struct EngineStats {
     pub write_stalls: u64,
     /// Total time writers waited, in microseconds.
     pub write_stall_micros: u64,
-    /// Bloom filter probes, the probes that said "absent", and data blocks
-    /// read from disk or cache, as counted by the SSTable layer.
+    /// Point reads that consulted a table's bloom filter.
     pub bloom_checks: u64,
+    /// Of those, the ones the filter answered "absent" (no block read).
     pub bloom_negatives: u64,
+    /// Data blocks point reads fetched (from the cache or from disk).
     pub data_block_reads: u64,
-    /// Block cache hits and misses.
+    /// Of those, the ones read from disk.
+    pub block_disk_reads: u64,
+    /// Block cache hits.
     pub cache_hits: u64,
+    /// Block cache misses.
     pub cache_misses: u64,
+    /// Bytes of data blocks in the block cache.
+    pub cache_bytes: u64,
+    /// Bytes of table indexes and filters charged to the block cache.
+    pub cache_pinned_bytes: u64,
 }
 
 /// An ordered snapshot iterator over a key range; skips deleted keys. The
@@ -757,7 +766,7 @@ impl Inner {
                 continue;
             }
             if let Err(err) = builder.add(&key, seq, &entry) {
-                builder.abandon();
+                let _ = builder.abandon();
                 return Err(err);
             }
             last_key = Some(key);
@@ -951,6 +960,7 @@ impl Inner {
         };
         let tables = version.runs.iter().flat_map(|r| r.tables.iter());
         let cache = self.cache.stats();
+        let reads = self.cache.read_stats();
         EngineStats {
             puts: c.puts.load(Ordering::Relaxed),
             deletes: c.deletes.load(Ordering::Relaxed),
@@ -977,11 +987,14 @@ impl Inner {
             frozen_memtables: version.frozen.len() as u64,
             write_stalls: c.write_stalls.load(Ordering::Relaxed),
             write_stall_micros: c.write_stall_micros.load(Ordering::Relaxed),
-            bloom_checks: cache.bloom_checks,
-            bloom_negatives: cache.bloom_negatives,
-            data_block_reads: cache.data_block_reads,
+            bloom_checks: reads.bloom_checks,
+            bloom_negatives: reads.bloom_negatives,
+            data_block_reads: reads.data_block_reads,
+            block_disk_reads: reads.block_disk_reads,
             cache_hits: cache.hits,
             cache_misses: cache.misses,
+            cache_bytes: cache.bytes,
+            cache_pinned_bytes: cache.pinned_bytes,
         }
     }
 }

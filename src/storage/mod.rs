@@ -89,6 +89,8 @@
 //! [`CompactionFilter`].
 
 mod batch;
+pub mod bloom;
+pub mod cache;
 mod compaction;
 mod engine;
 mod manifest;
@@ -96,8 +98,6 @@ mod memtable;
 mod merge;
 mod options;
 mod rate_limiter;
-// TEMPORARY: replaced by the real module when branch `sstable` is merged.
-#[path = "sstable_standin.rs"]
 pub mod sstable;
 pub mod types;
 mod version;

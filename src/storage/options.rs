@@ -44,13 +44,14 @@ pub struct Options {
     pub memtable_bytes: usize,
     /// How many frozen memtables may wait for their flush before writers stall.
     /// Memtable memory is bounded by `(1 + max_frozen_memtables) *
-    /// memtable_bytes`. Default: 2.
+    /// memtable_bytes`. Default: 1.
     pub max_frozen_memtables: usize,
     /// How SSTables are built (block size, bloom filter bits per key).
     /// Default: [`TableOptions::default`].
     pub table: TableOptions,
-    /// Capacity in bytes of the block cache shared by all SSTables.
-    /// Default: 32 MiB.
+    /// Capacity in bytes of the block cache shared by all SSTables. The
+    /// tables' resident indexes and bloom filters are charged against it too,
+    /// so it bounds all read-side memory. Default: 64 MiB.
     pub block_cache_bytes: usize,
     /// Bytes per second that background compaction may write (a token bucket);
     /// 0 means unlimited. Flushes are never throttled (they unblock writers).
@@ -78,9 +79,9 @@ impl Default for Options {
         Options {
             fsync: FsyncPolicy::Everysec,
             memtable_bytes: 64 << 20,
-            max_frozen_memtables: 2,
+            max_frozen_memtables: 1,
             table: TableOptions::default(),
-            block_cache_bytes: 32 << 20,
+            block_cache_bytes: 64 << 20,
             compaction_bytes_per_sec: 128 << 20,
             wal_segment_bytes: 64 << 20,
             compaction_filter: None,
