@@ -27,6 +27,7 @@
 //! further state machines of the same shape.
 
 pub mod anti_entropy;
+pub mod hints;
 pub mod membership;
 pub mod merkle;
 pub mod messages;
