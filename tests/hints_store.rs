@@ -309,3 +309,52 @@ fn a_record_damaged_after_open_comes_out_of_the_scan_as_corruption() {
     assert_eq!(store.pending_for(target).count, 1, "quarantine uncounts it");
     assert_eq!(store.stats().quarantined, 1);
 }
+
+#[test]
+fn pending_counters_stay_exact_under_concurrent_stores_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(HintStore::open(dir.path()).unwrap());
+    let targets = [node(9), node(10)];
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..60u64 {
+                    let target = targets[(i % 2) as usize];
+                    let key = format!("k{}", i % 15);
+                    // A fresh actor per write: reusing one with a fresh set would reuse a dot.
+                    let set = write(
+                        &SiblingSet::new(),
+                        t * 1000 + i + 1,
+                        &format!("t{t}-{i}"),
+                        i,
+                    );
+                    store
+                        .store(target, PartitionId(0), key.as_bytes(), &set, i)
+                        .unwrap();
+                    if i % 10 == 9 {
+                        // Ack whatever is there now, as a replay would.
+                        let refs: Vec<_> = store
+                            .hints_for(target)
+                            .unwrap()
+                            .filter_map(Result::ok)
+                            .map(|h| h.to_ref())
+                            .collect();
+                        store.acknowledge(&refs).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    for target in targets {
+        let hints = hints_of(&store, target);
+        let exact = Pending {
+            count: hints.len() as u64,
+            bytes: hints.iter().map(|h| h.stored_bytes).sum(),
+        };
+        assert_eq!(store.pending_for(target), exact);
+    }
+}

@@ -14,8 +14,8 @@
 //! # Why this shape
 //!
 //! - **Durable before acknowledged.** A hint counts toward the write quorum
-//!   `W`, so losing it after the ack loses an acknowledged write. [`store`]
-//!   returns only after the hint log is fsynced ([`HintLog::sync`]); the log
+//!   `W`, so losing it after the ack loses an acknowledged write.
+//!   [`HintStore::store`] returns only after the hint log is fsynced ([`HintLog::sync`]); the log
 //!   is a real storage [`Engine`] in `<data_dir>/hints`, so a SIGKILL of the
 //!   holder loses nothing it acknowledged (tests/hints_sigkill.rs).
 //! - **One merged hint per key per target.** Storing a hint for a key that
@@ -160,8 +160,10 @@ impl HintLog for Engine {
 }
 
 /// The version of a hint record: bumped by every store or merge, compared on
-/// ack. Unique within one store (a node-wide counter, resumed past the
-/// largest stored value at open).
+/// ack. Strictly increasing while a store is open (resumed past the largest
+/// stored value at open). A value may recur after a restart once the hint
+/// that had it was deleted; that is harmless because the batches in flight,
+/// which hold sequences, live only in the planner's memory and die with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HintSeq(pub u64);
 
@@ -288,24 +290,28 @@ fn parse_log_key(log_key: &Bytes) -> Option<(NodeId, PartitionId, Bytes)> {
     ))
 }
 
-/// Appends the format-1 record (see the module doc) to `out`.
-fn encode_record(out: &mut Vec<u8>, siblings: &SiblingSet, created_at_ms: u64, seq: HintSeq) {
+/// Writes the format-1 record (see the module doc) into `out`.
+fn encode_record(
+    out: &mut Vec<u8>,
+    siblings: &SiblingSet,
+    created_at_ms: u64,
+    seq: HintSeq,
+) -> Result<()> {
     out.clear();
     out.extend_from_slice(&[FORMAT_V1, 0]);
     out.extend_from_slice(&created_at_ms.to_be_bytes());
     out.extend_from_slice(&seq.0.to_be_bytes());
     out.extend_from_slice(&[0; 4]);
     siblings.encode(out);
-    let n = out.len() - RECORD_HEADER;
-    // A sibling set over 4 GiB cannot reach here: the engine and the wire
-    // protocol refuse values that large long before.
-    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    let n = u32::try_from(out.len() - RECORD_HEADER)
+        .map_err(|_| Error::invalid("sibling set too large for a hint (over 4 GiB)"))?;
     out[18..22].copy_from_slice(&n.to_be_bytes());
     let crc = crc32c::crc32c(out);
     out.extend_from_slice(&crc.to_be_bytes());
+    Ok(())
 }
 
-/// The fields of a record; `Err((offset, detail))` if it fails a check.
+/// The fields of a decoded record.
 struct Record {
     created_at_ms: u64,
     seq: HintSeq,
@@ -318,8 +324,9 @@ fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
-/// Checks the header and checksum; returns `(created_at_ms, seq, siblings
-/// range)` without decoding the sibling set.
+/// Checks the header and checksum; returns `(created_at_ms, seq, length of
+/// the sibling set)` without decoding the set, or `(offset, detail)` of the
+/// first check that failed.
 fn check_record(value: &[u8]) -> std::result::Result<(u64, HintSeq, usize), (u64, String)> {
     if value.len() < RECORD_HEADER + RECORD_TRAILER {
         return Err((
@@ -572,7 +579,7 @@ impl<L: HintLog> HintStore<L> {
     ) -> Result<HintSeq> {
         let seq = HintSeq(self.next_seq.fetch_add(1, Ordering::Relaxed));
         let mut record = Vec::new();
-        encode_record(&mut record, siblings, created_at_ms, seq);
+        encode_record(&mut record, siblings, created_at_ms, seq)?;
         self.log.apply(&[LogOp::Put(log_key, &record)])?;
         let new_bytes = (log_key.len() + record.len()) as u64;
         self.adjust_pending(target, old_bytes, Some(new_bytes));
@@ -752,5 +759,116 @@ impl<L: HintLog> HintStore<L> {
     /// Where the log lives.
     pub fn dir(&self) -> PathBuf {
         self.log.location().to_path_buf()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::version::{ActorId, Payload, VersionVector};
+
+    /// A set of concurrent writes (and tombstones) by a few actors.
+    fn sibling_set() -> impl Strategy<Value = SiblingSet> {
+        prop::collection::vec(
+            (
+                1u64..5,
+                prop::collection::vec(any::<u8>(), 0..40),
+                any::<bool>(),
+            ),
+            0..6,
+        )
+        .prop_map(|writes| {
+            let mut set = SiblingSet::new();
+            for (i, (actor, value, tombstone)) in writes.into_iter().enumerate() {
+                let payload = if tombstone {
+                    Payload::Tombstone
+                } else {
+                    Payload::Value(Bytes::from(value))
+                };
+                set.write(
+                    ActorId(actor),
+                    &VersionVector::new(),
+                    payload,
+                    None,
+                    i as u64,
+                );
+            }
+            set
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(set in sibling_set(), created in any::<u64>(), seq in any::<u64>()) {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, &set, created, HintSeq(seq)).unwrap();
+            let record = decode_record(&Bytes::from(buf))
+                .unwrap_or_else(|(offset, detail)| panic!("offset {offset}: {detail}"));
+            prop_assert_eq!(record.siblings, set);
+            prop_assert_eq!(record.created_at_ms, created);
+            prop_assert_eq!(record.seq, HintSeq(seq));
+        }
+
+        #[test]
+        fn any_damaged_byte_of_a_record_is_detected(
+            set in sibling_set(),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, &set, 7, HintSeq(9)).unwrap();
+            let at = at.index(buf.len());
+            buf[at] ^= flip;
+            prop_assert!(decode_record(&Bytes::from(buf)).is_err());
+        }
+
+        #[test]
+        fn truncated_records_are_detected(set in sibling_set(), cut in any::<prop::sample::Index>()) {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, &set, 7, HintSeq(9)).unwrap();
+            let cut = cut.index(buf.len());
+            buf.truncate(cut);
+            prop_assert!(decode_record(&Bytes::from(buf)).is_err());
+        }
+
+        #[test]
+        fn log_keys_round_trip_and_group_by_target(
+            target in any::<[u8; 16]>(),
+            partition in any::<u32>(),
+            key in prop::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let target = NodeId::from_bytes(target);
+            let log_key = Bytes::from(hint_log_key(target, PartitionId(partition), &key));
+            prop_assert!(log_key.starts_with(&target_prefix(target)));
+            let parsed = parse_log_key(&log_key);
+            prop_assert_eq!(parsed, Some((target, PartitionId(partition), Bytes::from(key))));
+        }
+    }
+
+    #[test]
+    fn record_layout_matches_the_documented_offsets() {
+        let mut buf = Vec::new();
+        let set = SiblingSet::new();
+        encode_record(
+            &mut buf,
+            &set,
+            0x0102_0304_0506_0708,
+            HintSeq(0x1112_1314_1516_1718),
+        )
+        .unwrap();
+        let encoded = set.to_bytes();
+        assert_eq!(buf[0], 1, "format version");
+        assert_eq!(buf[1], 0, "flags");
+        assert_eq!(buf[2..10], [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            buf[10..18],
+            [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+        );
+        assert_eq!(buf[18..22], (encoded.len() as u32).to_be_bytes());
+        assert_eq!(buf[22..22 + encoded.len()], encoded[..]);
+        let crc = crc32c::crc32c(&buf[..22 + encoded.len()]);
+        assert_eq!(buf[22 + encoded.len()..], crc.to_be_bytes());
     }
 }
