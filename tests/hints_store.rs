@@ -154,8 +154,9 @@ fn ack_deletes_sent_hints_but_not_one_merged_with_a_newer_write_since() {
             .unwrap();
     }
     let mut planner = HandoffPlanner::new(HandoffConfig::default());
-    let batch = planner
-        .poll(target, Status::Up, 1_000, store.hints_for(target).unwrap())
+    let batch = store
+        .plan_handoff(&mut planner, target, Status::Up, 1_000)
+        .unwrap()
         .send
         .unwrap();
     assert_eq!(batch.hints.len(), 3);
@@ -181,8 +182,20 @@ fn ack_deletes_sent_hints_but_not_one_merged_with_a_newer_write_since() {
     assert_eq!(again.deleted, 0);
 
     // The next round sends the newer hint, and its ack clears the store.
-    let batch = planner
-        .poll(target, Status::Up, 2_000, store.hints_for(target).unwrap())
+    // The batch went up to "c"; the scan after it finds nothing and the
+    // planner wraps around to the kept hint.
+    let plan = store
+        .plan_handoff(&mut planner, target, Status::Up, 2_000)
+        .unwrap();
+    assert!(plan.send.is_none());
+    assert_eq!(
+        plan.retry_after_ms,
+        Some(0),
+        "poll again at once after a wrap"
+    );
+    let batch = store
+        .plan_handoff(&mut planner, target, Status::Up, 2_000)
+        .unwrap()
         .send
         .unwrap();
     let refs = planner.on_ack(target, batch.id).unwrap();
@@ -208,7 +221,9 @@ fn hints_past_the_window_are_dropped_and_counted() {
 
     // Replay to an owner that is back: the old hint is dropped, not sent.
     let mut planner = HandoffPlanner::new(HandoffConfig::default());
-    let plan = planner.poll(up, Status::Up, now, store.hints_for(up).unwrap());
+    let plan = store
+        .plan_handoff(&mut planner, up, Status::Up, now)
+        .unwrap();
     let sent: Vec<_> = plan
         .send
         .unwrap()
@@ -298,7 +313,9 @@ fn a_record_damaged_after_open_comes_out_of_the_scan_as_corruption() {
     engine.put(&log_key, &value).unwrap();
 
     let mut planner = HandoffPlanner::new(HandoffConfig::default());
-    let plan = planner.poll(target, Status::Up, 1_000, store.hints_for(target).unwrap());
+    let plan = store
+        .plan_handoff(&mut planner, target, Status::Up, 1_000)
+        .unwrap();
     assert_eq!(plan.corrupt.len(), 1);
     assert!(matches!(plan.corrupt[0].error, Error::Corruption { .. }));
     let sent = plan.send.unwrap();
@@ -357,4 +374,80 @@ fn pending_counters_stay_exact_under_concurrent_stores_and_acks() {
         };
         assert_eq!(store.pending_for(target), exact);
     }
+}
+
+/// A replay from start to finish against an owner that fails some batches,
+/// while new writes keep merging into hints already sent: in the end the
+/// owner holds every hinted write, and the store is empty.
+#[test]
+fn replay_delivers_every_hint_despite_lost_batches_and_writes_during_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HintStore::open(dir.path()).unwrap();
+    let target = node(11);
+    let keys = 600u64;
+    // What the owner should end with: the merge of everything hinted.
+    let mut expected: std::collections::HashMap<Bytes, SiblingSet> = Default::default();
+    let mut hint = |store: &HintStore, k: u64, actor: u64, now: u64| {
+        let key = Bytes::from(format!("key-{k:04}"));
+        let set = write(&SiblingSet::new(), actor, &format!("{k}-{actor}"), now);
+        store
+            .store(target, PartitionId((k % 16) as u32), &key, &set, now)
+            .unwrap();
+        expected.entry(key).or_default().merge(&set);
+    };
+    for k in 0..keys {
+        hint(&store, k, 1, 0);
+    }
+    let config = HandoffConfig {
+        bytes_per_sec: 20_000,
+        max_batch_bytes: 4_000,
+        ..HandoffConfig::default()
+    };
+    let mut planner = HandoffPlanner::new(config);
+    let mut owner: std::collections::HashMap<Bytes, SiblingSet> = Default::default();
+    let (mut now, mut batches, mut lost, mut sent_bytes) = (0u64, 0u64, 0u64, 0u64);
+    while !store.pending_by_target().is_empty() {
+        assert!(
+            now < 120_000,
+            "replay did not finish: {:?}",
+            store.pending_for(target)
+        );
+        let plan = store
+            .plan_handoff(&mut planner, target, Status::Up, now)
+            .unwrap();
+        if let Some(batch) = plan.send {
+            batches += 1;
+            sent_bytes += batch.bytes;
+            if batches % 4 == 0 {
+                // Lost on the way: never reaches the owner.
+                lost += 1;
+                planner.on_failure(target, batch.id);
+            } else {
+                for h in &batch.hints {
+                    owner.entry(h.key.clone()).or_default().merge(&h.siblings);
+                }
+                // A write arrives for a key of this batch before its ack.
+                if batches % 3 == 0 {
+                    let k = batch.hints[0].key[4..]
+                        .iter()
+                        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                    hint(&store, k, 1_000 + batches, now);
+                }
+                let refs = planner.on_ack(target, batch.id).unwrap();
+                store.acknowledge(&refs).unwrap();
+            }
+        }
+        now += match plan.retry_after_ms {
+            Some(0) => 0,
+            _ => 50,
+        };
+    }
+    assert_eq!(owner, expected, "the owner holds exactly what was hinted");
+    assert!(lost > 0 && batches > lost);
+    // The throttle held: no more than the rate over the run plus one burst.
+    assert!(
+        sent_bytes <= 20_000 * (now / 1000 + 1) + 20_000,
+        "{sent_bytes} B in {now} ms"
+    );
+    assert_eq!(store.stats().delivered, keys);
 }

@@ -86,12 +86,14 @@ pub mod planner;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::cluster::membership::Status;
 use crate::cluster::ring::{NodeId, PartitionId};
 use crate::config::FsyncPolicy;
 use crate::error::{Error, Result};
@@ -113,9 +115,9 @@ pub trait HintLog: Send + Sync {
     fn apply(&self, ops: &[LogOp<'_>]) -> Result<()>;
     /// Make every applied op durable (fsync).
     fn sync(&self) -> Result<()>;
-    /// Every live `(key, value)` whose key starts with `prefix`, ascending,
-    /// from a snapshot taken now.
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<LogScan>;
+    /// Every live `(key, value)` whose key starts with `prefix` and is at or
+    /// after `from` (if given), ascending, from a snapshot taken now.
+    fn scan_prefix(&self, prefix: &[u8], from: Option<&[u8]>) -> Result<LogScan>;
     /// Where the log lives, to name it in corruption reports.
     fn location(&self) -> &Path;
 }
@@ -150,8 +152,16 @@ impl HintLog for Engine {
         Engine::sync(self)
     }
 
-    fn scan_prefix(&self, prefix: &[u8]) -> Result<LogScan> {
-        Ok(Box::new(Engine::scan_prefix(self, prefix)?))
+    fn scan_prefix(&self, prefix: &[u8], from: Option<&[u8]>) -> Result<LogScan> {
+        let Some(from) = from.filter(|from| *from > prefix) else {
+            return Ok(Box::new(Engine::scan_prefix(self, prefix)?));
+        };
+        let end = prefix_successor(prefix);
+        let end = match &end {
+            Some(end) => Bound::Excluded(end.as_slice()),
+            None => Bound::Unbounded,
+        };
+        Ok(Box::new(self.scan(Bound::Included(from), end)?))
     }
 
     fn location(&self) -> &Path {
@@ -192,7 +202,22 @@ pub struct Hint {
     pub stored_bytes: u64,
 }
 
+/// Where a hint sits in one target's (partition, key) order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HintPosition {
+    pub partition: PartitionId,
+    pub key: Bytes,
+}
+
 impl Hint {
+    /// This hint's place in its target's order.
+    pub fn position(&self) -> HintPosition {
+        HintPosition {
+            partition: self.partition,
+            key: self.key.clone(),
+        }
+    }
+
     /// The reference to delete this hint once acknowledged.
     pub fn to_ref(&self) -> HintRef {
         HintRef {
@@ -265,6 +290,19 @@ pub fn hint_log_key(target: NodeId, partition: PartitionId, key: &[u8]) -> Vec<u
     out.extend_from_slice(&partition.0.to_be_bytes());
     out.extend_from_slice(key);
     out
+}
+
+/// The first key after every key that starts with `prefix` (`None` if
+/// `prefix` is all 0xff bytes: no such key).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 fn target_prefix(target: NodeId) -> Vec<u8> {
@@ -438,7 +476,7 @@ impl<L: HintLog> HintStore<L> {
         let mut pending: BTreeMap<NodeId, Pending> = BTreeMap::new();
         let mut max_seq = 0;
         let mut corrupt = Vec::new();
-        for item in self.log.scan_prefix(&[TAG_HINT])? {
+        for item in self.log.scan_prefix(&[TAG_HINT], None)? {
             let (log_key, value) = item?;
             // Count every record in the hint range, damaged or not, so that
             // quarantining one (which removes it from the range) always
@@ -594,7 +632,26 @@ impl<L: HintLog> HintStore<L> {
         &self,
         target: NodeId,
     ) -> Result<impl Iterator<Item = std::result::Result<Hint, CorruptHint>> + '_> {
-        let scan = self.log.scan_prefix(&target_prefix(target))?;
+        self.hints_for_after(target, None)
+    }
+
+    /// [`hints_for`](Self::hints_for), starting strictly after `after` (the
+    /// planner's [`resume_after`](HandoffPlanner::resume_after)), so a replay
+    /// does not walk again over the deleted hints of the batches before.
+    pub fn hints_for_after(
+        &self,
+        target: NodeId,
+        after: Option<&HintPosition>,
+    ) -> Result<impl Iterator<Item = std::result::Result<Hint, CorruptHint>> + '_> {
+        let from = after.map(|pos| {
+            // The smallest key greater than the position's own key.
+            let mut from = hint_log_key(target, pos.partition, &pos.key);
+            from.push(0);
+            from
+        });
+        let scan = self
+            .log
+            .scan_prefix(&target_prefix(target), from.as_deref())?;
         Ok(scan.map(move |item| match item {
             Ok((log_key, value)) => self.read_entry(log_key, value),
             Err(error) => Err(CorruptHint {
@@ -604,11 +661,31 @@ impl<L: HintLog> HintStore<L> {
         }))
     }
 
+    /// Ask `planner` what to send `target` now, scanning its hints from the
+    /// planner's resume point. The plan's `expired` and `corrupt` lists are
+    /// for [`drop_expired`](Self::drop_expired) and
+    /// [`quarantine`](Self::quarantine); its batch is for the network.
+    pub fn plan_handoff(
+        &self,
+        planner: &mut HandoffPlanner,
+        target: NodeId,
+        status: Status,
+        now_ms: u64,
+    ) -> Result<Plan> {
+        if status != Status::Up {
+            // No scan for an owner the planner will not send to.
+            return Ok(planner.poll(target, status, now_ms, std::iter::empty()));
+        }
+        let after = planner.resume_after(target).cloned();
+        let hints = self.hints_for_after(target, after.as_ref())?;
+        Ok(planner.poll(target, status, now_ms, hints))
+    }
+
     /// Every hint held, for every target (a sweep, e.g. for expiry).
     pub fn all_hints(
         &self,
     ) -> Result<impl Iterator<Item = std::result::Result<Hint, CorruptHint>> + '_> {
-        let scan = self.log.scan_prefix(&[TAG_HINT])?;
+        let scan = self.log.scan_prefix(&[TAG_HINT], None)?;
         Ok(scan.map(move |item| match item {
             Ok((log_key, value)) => self.read_entry(log_key, value),
             Err(error) => Err(CorruptHint {

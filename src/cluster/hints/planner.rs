@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{CorruptHint, Hint, HintRef};
+use super::{CorruptHint, Hint, HintPosition, HintRef};
 use crate::cluster::membership::Status;
 use crate::cluster::ring::NodeId;
 use crate::error::{Error, Result};
@@ -190,6 +190,8 @@ struct InFlight {
     id: BatchId,
     sent_at_ms: u64,
     refs: Vec<HintRef>,
+    /// Where the scan resumed before this batch: restored if it is lost.
+    cursor_before: Option<HintPosition>,
 }
 
 /// Plans hint replay for every owner (see the module doc).
@@ -198,6 +200,8 @@ pub struct HandoffPlanner {
     config: HandoffConfig,
     throttle: Throttle,
     in_flight: HashMap<NodeId, InFlight>,
+    /// Per owner, the last hint sent: the next scan starts after it.
+    cursors: HashMap<NodeId, HintPosition>,
     next_batch: u64,
 }
 
@@ -207,6 +211,7 @@ impl HandoffPlanner {
             throttle: Throttle::new(config.bytes_per_sec),
             config,
             in_flight: HashMap::new(),
+            cursors: HashMap::new(),
             next_batch: 1,
         }
     }
@@ -215,9 +220,21 @@ impl HandoffPlanner {
         &self.config
     }
 
+    /// Where the next scan of `target`'s hints must start (strictly after
+    /// this position; `None`: from the beginning). Pass it to
+    /// [`HintStore::hints_for_after`](super::HintStore::hints_for_after) to
+    /// get the `hints` of [`poll`](Self::poll).
+    pub fn resume_after(&self, target: NodeId) -> Option<&HintPosition> {
+        self.cursors.get(&target)
+    }
+
     /// Decide what to send `target` now. `status` is gossip's view of it;
-    /// `hints` are its pending hints in store order (pulled lazily: only as
-    /// many as fit in the batch are read).
+    /// `hints` are its pending hints in store order, starting after
+    /// [`resume_after`](Self::resume_after) (pulled lazily: only as many as
+    /// fit in the batch are read). When a scan from a resume point finds
+    /// nothing, the planner wraps to the beginning and asks to be polled
+    /// again at once (`retry_after_ms == Some(0)`): hints kept on an ack
+    /// because they changed since they were sent lie behind the cursor.
     pub fn poll<I>(&mut self, target: NodeId, status: Status, now_ms: u64, hints: I) -> Plan
     where
         I: IntoIterator<Item = std::result::Result<Hint, CorruptHint>>,
@@ -225,8 +242,9 @@ impl HandoffPlanner {
         let mut plan = Plan::default();
         if status != Status::Up {
             // Whatever was in flight will not be acknowledged by a node that
-            // went away; resend once it is back.
+            // went away; resend everything once it is back.
             self.in_flight.remove(&target);
+            self.cursors.remove(&target);
             return plan;
         }
         if let Some(flight) = self.in_flight.get(&target) {
@@ -237,7 +255,7 @@ impl HandoffPlanner {
                 return plan;
             }
             tracing::debug!(target_node = %target, batch = flight.id.0, "hint batch ack timed out; resending");
-            self.in_flight.remove(&target);
+            self.lose_in_flight(target);
         }
 
         let window_ms = duration_ms(self.config.window);
@@ -247,7 +265,9 @@ impl HandoffPlanner {
         let mut batch: Vec<Hint> = Vec::new();
         let mut bytes = 0u64;
         let mut blocked_on: Option<u64> = None;
+        let mut seen_any = false;
         for item in hints {
+            seen_any = true;
             let hint = match item {
                 Ok(hint) => hint,
                 Err(bad) => {
@@ -278,10 +298,17 @@ impl HandoffPlanner {
                 plan.retry_after_ms = Some(self.throttle.wait_ms(next).max(1));
             }
         }
+        if !seen_any && self.cursors.remove(&target).is_some() {
+            plan.retry_after_ms = Some(0);
+        }
         if batch.is_empty() {
             return plan;
         }
         self.throttle.take(bytes);
+        let cursor_before = match batch.last() {
+            Some(last) => self.cursors.insert(target, last.position()),
+            None => self.cursors.get(&target).cloned(),
+        };
         let id = BatchId(self.next_batch);
         self.next_batch += 1;
         self.in_flight.insert(
@@ -290,6 +317,7 @@ impl HandoffPlanner {
                 id,
                 sent_at_ms: now_ms,
                 refs: batch.iter().map(Hint::to_ref).collect(),
+                cursor_before,
             },
         );
         plan.retry_after_ms = Some(duration_ms(self.config.ack_timeout));
@@ -316,7 +344,18 @@ impl HandoffPlanner {
     /// its hints stay and go again at the next poll.
     pub fn on_failure(&mut self, target: NodeId, id: BatchId) {
         if self.in_flight.get(&target).is_some_and(|f| f.id == id) {
-            self.in_flight.remove(&target);
+            self.lose_in_flight(target);
+        }
+    }
+
+    /// Forget the batch in flight to `target` and rewind the cursor so its
+    /// hints are scanned (and sent) again.
+    fn lose_in_flight(&mut self, target: NodeId) {
+        if let Some(flight) = self.in_flight.remove(&target) {
+            match flight.cursor_before {
+                Some(cursor) => self.cursors.insert(target, cursor),
+                None => self.cursors.remove(&target),
+            };
         }
     }
 
@@ -508,5 +547,56 @@ mod tests {
         assert!(plan.retry_after_ms.is_some());
         let plan = planner.poll(target, Status::Up, 5_000, hints(target, 1, 500, 0));
         assert!(plan.send.is_some());
+    }
+
+    #[test]
+    fn the_scan_resumes_after_the_last_batch_and_rewinds_when_one_is_lost() {
+        let target = node(7);
+        let mut planner = HandoffPlanner::new(HandoffConfig {
+            max_batch_bytes: 20,
+            ..config(0)
+        });
+        let all: Vec<Hint> = (0..5).map(|i| hint(target, i, 10, 0)).collect();
+        let from = |planner: &HandoffPlanner| {
+            let after = planner.resume_after(target).cloned();
+            let start = all
+                .iter()
+                .position(|h| after.as_ref().is_none_or(|a| h.key > a.key))
+                .unwrap_or(all.len());
+            all[start..].iter().cloned().map(Ok).collect::<Vec<_>>()
+        };
+        let keys = |batch: &HintBatch| batch.hints.iter().map(|h| h.seq.0).collect::<Vec<_>>();
+
+        let first = planner
+            .poll(target, Status::Up, 0, from(&planner))
+            .send
+            .unwrap();
+        assert_eq!(keys(&first), vec![0, 1]);
+        planner.on_ack(target, first.id);
+        let second = planner
+            .poll(target, Status::Up, 0, from(&planner))
+            .send
+            .unwrap();
+        assert_eq!(keys(&second), vec![2, 3]);
+        planner.on_failure(target, second.id);
+        let again = planner
+            .poll(target, Status::Up, 0, from(&planner))
+            .send
+            .unwrap();
+        assert_eq!(keys(&again), vec![2, 3], "a lost batch is sent again");
+        planner.on_ack(target, again.id);
+        let last = planner
+            .poll(target, Status::Up, 0, from(&planner))
+            .send
+            .unwrap();
+        assert_eq!(keys(&last), vec![4]);
+        planner.on_ack(target, last.id);
+        let wrap = planner.poll(target, Status::Up, 0, from(&planner));
+        assert!(wrap.send.is_none());
+        assert_eq!(wrap.retry_after_ms, Some(0));
+        assert!(
+            planner.resume_after(target).is_none(),
+            "wrapped to the start"
+        );
     }
 }
