@@ -451,3 +451,23 @@ fn replay_delivers_every_hint_despite_lost_batches_and_writes_during_replay() {
     );
     assert_eq!(store.stats().delivered, keys);
 }
+
+#[test]
+fn hints_for_an_owner_that_left_are_dropped_and_others_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = HintStore::open(dir.path()).unwrap();
+    let (left, staying) = (node(12), node(13));
+    let set = write(&SiblingSet::new(), 1, "v", 0);
+    for k in 0..5u8 {
+        store
+            .store(left, PartitionId(k.into()), &[k], &set, 0)
+            .unwrap();
+    }
+    store.store(staying, PartitionId(0), b"k", &set, 0).unwrap();
+    assert_eq!(store.drop_target(left).unwrap(), 5);
+    assert_eq!(
+        store.pending_by_target(),
+        vec![(staying, 1, store.pending_for(staying).bytes)]
+    );
+    assert_eq!(hints_of(&store, staying).len(), 1);
+}

@@ -54,6 +54,20 @@
 //! - Hints are replayed from any node that holds them, as soon as gossip
 //!   reports the owner `Up` (not `Suspect`), one batch in flight per owner.
 //!
+//! # How the server drives it
+//!
+//! ```text
+//! sloppy-quorum write for owner T:  store.store(T, partition, key, &set, now)?  // durable: count toward W
+//! every tick, per member T:         plan = store.plan_handoff(&mut planner, T, gossip.status(T), now)?
+//!                                   store.drop_expired(&plan.expired)?; quarantine each plan.corrupt
+//!                                   send plan.send as Put(hint_for: None) to T; repoll after plan.retry_after_ms
+//! T acked batch b:                  store.acknowledge(&planner.on_ack(T, b))?
+//! batch b failed / connection lost: planner.on_failure(T, b)
+//! every minute:                     store.expire(now, window)?      // owners that never come back
+//! T left or was forgotten:          store.drop_target(T)?
+//! INFO / CLUSTER HINTS:             store.pending_by_target(), store.stats()
+//! ```
+//!
 //! # Key and record layout (format 1)
 //!
 //! Log key of a hint, so a prefix scan finds one target's hints in partition
@@ -754,6 +768,34 @@ impl<L: HintLog> HintStore<L> {
             self.quarantine(bad)?;
         }
         self.drop_expired(&old)
+    }
+
+    /// Drop every hint for `target`: it left the cluster (or was forgotten),
+    /// so its partitions now belong to others, which rebalancing and
+    /// anti-entropy fill. Returns how many were dropped; logs the total.
+    pub fn drop_target(&self, target: NodeId) -> Result<usize> {
+        let mut refs = Vec::new();
+        let mut corrupt = Vec::new();
+        for item in self.hints_for(target)? {
+            match item {
+                Ok(hint) => refs.push(hint.to_ref()),
+                Err(bad) if bad.log_key.is_empty() => return Err(bad.error),
+                Err(bad) => corrupt.push(bad),
+            }
+        }
+        for bad in &corrupt {
+            self.quarantine(bad)?;
+        }
+        let mut dropped = 0;
+        for hint in &refs {
+            if self.delete_if_unchanged(hint)? {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(target_node = %target, dropped, "hints dropped: their owner left the cluster");
+        }
+        Ok(dropped)
     }
 
     fn delete_if_unchanged(&self, hint: &HintRef) -> Result<bool> {
