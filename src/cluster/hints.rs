@@ -729,22 +729,31 @@ impl<L: HintLog> HintStore<L> {
     }
 
     /// Drop `hints` for having outlived the hint window (compare-and-delete,
-    /// like an ack: a hint refreshed meanwhile is not dropped). Returns how
-    /// many were dropped; logs each.
+    /// like an ack: a hint merged meanwhile is left for the next sweep, which
+    /// drops it too, since a merge keeps the oldest creation time). Returns
+    /// how many were dropped; logs the count.
     pub fn drop_expired(&self, hints: &[HintRef]) -> Result<usize> {
         let mut dropped = 0;
         for hint in hints {
             if self.delete_if_unchanged(hint)? {
                 dropped += 1;
-                tracing::info!(
+                tracing::debug!(
                     target_node = %hint.target,
                     partition = %hint.partition,
                     key = %KeyHex(&hint.key),
-                    "hint dropped: older than the hint window; anti-entropy will repair the owner"
+                    "hint dropped: older than the hint window"
                 );
             }
         }
-        self.stats.lock().expired += dropped as u64;
+        if dropped > 0 {
+            // One line per sweep, not per hint: a node back after a long
+            // outage may have expired hints by the hundred thousand.
+            tracing::info!(
+                dropped,
+                "hints dropped: older than the hint window; anti-entropy will repair their owners"
+            );
+            self.stats.lock().expired += dropped as u64;
+        }
         Ok(dropped)
     }
 
