@@ -599,4 +599,45 @@ mod tests {
             "wrapped to the start"
         );
     }
+
+    proptest::proptest! {
+        /// Over any poll schedule and any hint sizes, what the planner sends
+        /// in `t` ms stays within `rate * t` plus one burst (or one hint
+        /// larger than the burst), and everything is sent eventually.
+        #[test]
+        fn sends_never_exceed_the_rate_and_everything_goes(
+            rate in 100u64..50_000,
+            sizes in proptest::collection::vec(1u64..5_000, 1..200),
+            steps in proptest::collection::vec(1u64..400, 1..50),
+        ) {
+            let target = node(8);
+            let mut planner = HandoffPlanner::new(HandoffConfig {
+                bytes_per_sec: rate,
+                max_batch_bytes: 8_000,
+                ..HandoffConfig::default()
+            });
+            let all: Vec<Hint> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| hint(target, i as u64, size, 0))
+                .collect();
+            let largest = sizes.iter().copied().max().unwrap_or(0);
+            let (mut next, mut sent, mut now) = (0usize, 0u64, 0u64);
+            let mut step = steps.iter().cycle();
+            while next < all.len() {
+                let plan = planner.poll(target, Status::Up, now, all[next..].iter().cloned().map(Ok));
+                if let Some(batch) = plan.send {
+                    next += batch.hints.len();
+                    sent += batch.bytes;
+                    proptest::prop_assert!(planner.on_ack(target, batch.id).is_some());
+                }
+                proptest::prop_assert!(
+                    sent <= rate * now / 1000 + rate.max(largest),
+                    "{} bytes sent in {} ms at {} B/s", sent, now, rate
+                );
+                now += step.next().copied().unwrap_or(1);
+                proptest::prop_assert!(now < 10_000_000, "replay stalled");
+            }
+        }
+    }
 }
