@@ -11,10 +11,11 @@
 //!   and a slow owner is not flooded.
 //! - **Throttled by a token bucket** shared by all owners: `bytes_per_sec`
 //!   refills it, up to one second's worth (the burst). A batch takes at most
-//!   what the bucket holds, so over any span of `t` seconds at most
-//!   `bytes_per_sec * (t + 1)` bytes are planned. A single hint larger than the
-//!   whole burst still goes when the bucket is full (it leaves the bucket in
-//!   debt), otherwise it could never be sent. Handoff competes with client
+//!   what the bucket holds, so in `t` seconds at most `bytes_per_sec * (t +
+//!   1)` bytes are planned. A single hint larger than the whole burst still
+//!   goes when the bucket is full (it leaves the bucket in debt, paid off
+//!   before anything else goes), otherwise it could never be sent; the bound
+//!   is then `bytes_per_sec * t` plus that hint (a proptest checks both). Handoff competes with client
 //!   traffic for disk and network, and the target is a client p99
 //!   during replay of at most twice the quiet value.
 //! - **Expiry while scanning.** Hints older than the window met while building
