@@ -23,11 +23,18 @@
 //! - [`anti_entropy`]: the deciding half of replica repair: which buckets
 //!   differ, which keys go each way, as a session driven by messages.
 //!
-//! The coordinator (quorums), hints and rebalancing join this module as
-//! further state machines of the same shape.
+//! - [`coordinator`]: the quorum coordinator: routing (one-hop forward),
+//!   sloppy-quorum writes with hints, R/W quorum reads, deadlines.
+//! - [`read_repair`]: which replicas lack what after a quorum read.
+//! - [`hints`]: the durable hint store (on its own storage engine, behind a
+//!   narrow trait) and the throttled handoff planner.
+//!
+//! None of these is wired to the network yet: the server drives only the
+//! single-node keyspace today. Rebalancing (join/leave streaming) is to come.
 
 pub mod anti_entropy;
 pub mod coordinator;
+pub mod hints;
 pub mod membership;
 pub mod merkle;
 pub mod messages;
