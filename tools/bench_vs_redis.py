@@ -37,9 +37,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free client port whose default peer port (port + 10000) is valid too."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 <= 65535:
+            return port
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
@@ -115,6 +119,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench-server-latest.md"))
     opts = ap.parse_args()
 
+    opts.ringkv = os.path.abspath(opts.ringkv)
     if not os.path.exists(opts.ringkv):
         print(f"{opts.ringkv} not found: run `cargo build --release` first", file=sys.stderr)
         return 2
