@@ -562,8 +562,10 @@ mod tests {
             .to_string()
             .contains("proto-max-bulk-len"));
 
-        let mut c = Config::default();
-        c.port = 60000;
+        let mut c = Config {
+            port: 60000,
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
         c.peer_port = Some(60001);
         c.validate().unwrap();
