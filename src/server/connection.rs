@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::clients::Registration;
@@ -34,6 +34,8 @@ use super::Shared;
 
 /// Initial size of, and the free space kept in, the input buffer.
 const READ_CHUNK: usize = 16 * 1024;
+/// How long a write to a client that does not read may delay a shutdown.
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
 /// Initial size of the output buffer.
 const WRITE_CHUNK: usize = 16 * 1024;
 
@@ -88,11 +90,13 @@ struct Connection {
     parser: RequestParser,
     input: BytesMut,
     output: BytesMut,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Connection {
     fn new(stream: TcpStream, shared: Arc<Shared>, registration: Registration) -> Self {
         let session = Session::new(registration.info.id, shared.live.requirepass_is_set());
+        let shutdown = shared.shutdown.subscribe();
         let parser = RequestParser::new(shared.live.proto_max_bulk_len());
         Connection {
             stream,
@@ -102,11 +106,11 @@ impl Connection {
             parser,
             input: BytesMut::with_capacity(READ_CHUNK),
             output: BytesMut::with_capacity(WRITE_CHUNK),
+            shutdown,
         }
     }
 
     async fn run(&mut self) -> std::io::Result<()> {
-        let mut shutdown = self.shared.shutdown.subscribe();
         loop {
             let flow = self.execute_buffered().await?;
             self.flush().await?;
@@ -119,7 +123,7 @@ impl Connection {
             let idle_limit = self.shared.live.timeout_secs();
             let read = tokio::select! {
                 biased;
-                _ = super::stopped(&mut shutdown) => return Ok(()),
+                _ = super::stopped(&mut self.shutdown) => return Ok(()),
                 n = read_with_timeout(&mut self.stream, &mut self.input, idle_limit) => n?,
             };
             match read {
@@ -194,7 +198,22 @@ impl Connection {
         if self.output.is_empty() {
             return Ok(());
         }
-        self.stream.write_all(&self.output).await?;
+        // A client that stopped reading must not hold up a shutdown forever:
+        // once shutdown is asked for, its write gets a grace period.
+        let write = self.stream.write_all(&self.output);
+        let abandon = async {
+            super::stopped(&mut self.shutdown).await;
+            tokio::time::sleep(SHUTDOWN_WRITE_GRACE).await;
+        };
+        tokio::select! {
+            written = write => written?,
+            _ = abandon => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "client did not read its replies during shutdown",
+                ))
+            }
+        }
         self.shared
             .stats
             .total_net_output_bytes

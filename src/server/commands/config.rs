@@ -311,6 +311,9 @@ pub fn config_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Reply {
             }
         }
     }
+    // The fsync policy is the one change that can fail (the engine applies
+    // it); apply it first so a failure leaves nothing half-applied.
+    settings.sort_by_key(|s| !matches!(s, Setting::Fsync(_)));
     let live = &ctx.shared.live;
     for s in settings {
         match s {
