@@ -26,6 +26,8 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
+    raise_fd_limit(u64::from(config.maxclients) + RESERVED_FDS);
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,6 +44,31 @@ fn main() -> std::process::ExitCode {
             tracing::error!("{e}");
             eprintln!("ringkv: {e}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// File descriptors kept for the data directory, logs and peers, on top of
+/// one per client (Redis keeps 32 too).
+const RESERVED_FDS: u64 = 32;
+
+/// Raises the soft open-files limit toward `wanted` (never past the hard
+/// limit), as Redis does for `maxclients`; logs when it cannot.
+fn raise_fd_limit(wanted: u64) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we own.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= wanted {
+            return;
+        }
+        let target = wanted.min(lim.rlim_max);
+        lim.rlim_cur = target;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 || target < wanted {
+            tracing::warn!(
+                wanted,
+                got = target,
+                "cannot raise the open-files limit; fewer than maxclients clients may connect"
+            );
         }
     }
 }

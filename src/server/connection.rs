@@ -95,9 +95,10 @@ struct Connection {
 
 impl Connection {
     fn new(stream: TcpStream, shared: Arc<Shared>, registration: Registration) -> Self {
-        let session = Session::new(registration.info.id, shared.live.requirepass_is_set());
+        let mut session = Session::new(registration.info.id, shared.live.requirepass_is_set());
+        session.max_bulk_len = shared.live.proto_max_bulk_len();
         let shutdown = shared.shutdown.subscribe();
-        let parser = RequestParser::new(shared.live.proto_max_bulk_len());
+        let parser = RequestParser::new(session.max_bulk_len);
         Connection {
             stream,
             shared,

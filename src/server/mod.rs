@@ -18,6 +18,16 @@
 //! the kernel's socket buffers. (Redis instead keeps buffering and closes the
 //! client past a hard limit; for normal clients its default limit is none.)
 //!
+//! Performance: per command, the connection does one table probe (a stack
+//! lowercase + hash lookup), one `Keyspace::execute` call and one encode into
+//! the reused output buffer; per batch, one read, one write, and a handful of
+//! relaxed atomic adds for `INFO`. No lock is held across an `.await`. What
+//! to profile first when ringkv trails redis-server (`perf record -g` on the
+//! release binary under `redis-benchmark -P 16` and `-P 1`): the parser's
+//! per-request `Vec<Bytes>`, the keyspace's read-modify-write of a sibling
+//! set per SET, tokio's cross-thread wakeups at `-P 1` (a current-thread
+//! runtime per core would avoid them), and `write` syscalls per batch.
+//!
 //! Module map:
 //! - [`connection`]: the per-connection read/parse/execute/write loop.
 //! - [`dispatch`]: command lookup, arity and authentication checks, routing.
