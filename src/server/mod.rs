@@ -1,1 +1,2 @@
 //! (module under construction; see lib.rs for its role)
+pub mod keyspace;
