@@ -1,5 +1,109 @@
-//! The single-node LSM storage engine (under construction).
+//! The single-node LSM storage engine: commit log, memtables, SSTables with
+//! bloom filters, a manifest, and size-tiered compaction.
+//!
+//! Keys and values are opaque bytes. The cluster stores an encoded sibling set
+//! as each key's value and puts the partition id in front of every key, so one
+//! partition is one key prefix ([`Engine::scan_prefix`]). Nothing here knows
+//! about the network or the cluster.
+//!
+//! # Architecture
+//!
+//! ```text
+//!  write(batch) ──► commit log (wal.rs) ──► active memtable (memtable.rs)
+//!                    group commit fsync        │ full: freeze, new log segment
+//!                                              ▼
+//!                                     frozen memtables ──flush thread──► SSTable = new sorted run
+//!                                                                          │
+//!  manifest.rs: which runs/tables are live, where the log starts ◄─────────┤
+//!                                                                          ▼
+//!                                            compaction thread (compaction.rs) merges runs
+//!
+//!  get(key):  memtables newest first ──► per run, newest first: the one table whose
+//!             key range covers key ──► bloom filter ──► block index ──► one data block
+//! ```
+//!
+//! - **Write path** (the seed's): a write takes the write lock, gets the next
+//!   sequence numbers ([`SeqNo`]), appends one record to the commit log's
+//!   buffer, inserts into the active memtable, publishes the new visible
+//!   sequence number and releases the lock; then, under `fsync always`, it
+//!   waits for the group commit (`wal.rs`): one writer fsyncs for everyone
+//!   who queued meanwhile. [`Engine::write_unsynced`] +
+//!   [`Engine::wait_synced`] split the two halves so a server can answer a
+//!   pipeline of commands after one wait. `everysec` fsyncs from a background
+//!   thread every second; `no` only hands the buffer to the OS every second.
+//! - **Memtables** hold every version keyed by (key, sequence number); when
+//!   the active one passes `memtable_bytes` it is frozen (the log starts a new
+//!   segment at the same moment) and the flush thread writes the newest
+//!   version of each key to an SSTable. While `max_frozen_memtables` wait for
+//!   their flush, writers stall (bounded by `max_write_stall`) instead of
+//!   growing memory.
+//! - **Reads never block** on flushes or compactions: the engine publishes an
+//!   immutable [`SuperVersion`](version::SuperVersion) (memtables + runs)
+//!   behind an `Arc`, swapped under a lock held only for the swap. A reader
+//!   takes the version and the visible sequence number together (under the
+//!   version lock's read side), which makes them consistent: every write at or
+//!   below the sequence number is in one of the version's memtables or tables.
+//!   Scans filter by that sequence number, so a scan is a snapshot and a
+//!   half-inserted batch is never seen. Tables that compaction replaced are
+//!   deleted only when the last version naming them is dropped.
+//! - **Sorted runs**: a flush adds a run of one table; compaction merges
+//!   neighbouring runs into one (split into tables of `target_table_bytes`).
+//!   Runs are ordered newest first with disjoint sequence-number ranges, so a
+//!   point read stops at the first run that has the key. Merges still order
+//!   by sequence number, never by position, to keep the newest entry.
+//! - **Durability order**: a table is fsynced (file and directory) before the
+//!   manifest names it; the manifest's `log_start` moves past a log segment
+//!   only after the tables holding its records are in a durable manifest, and
+//!   only then is the segment deleted. Replaced tables leave the directory
+//!   after the manifest that dropped them is durable.
+//! - **Recovery**: take the `LOCK` file (`flock`, so a second process cannot
+//!   open the directory), load the manifest, open every live table (a missing
+//!   or damaged one fails the open with its path), delete orphan tables,
+//!   replay the log from `log_start` up to the first torn or corrupt record
+//!   (truncating there, with a warning that says how many bytes were dropped),
+//!   and start a new log segment.
+//!
+//! # Compaction and amplification
+//!
+//! Size-tiered ("universal") compaction; the reasons and the read, write and
+//! space amplification are in [`compaction`]'s module doc. In short, with the
+//! defaults: writes cost the log, the flush and about log4(data/memtable)
+//! rewrites; a point read costs at most one data block per run that holds the
+//! key plus about 1% false positives of the bloom filters of the runs that
+//! do not, with at most 12 runs; space overhead is at most about 2x before a
+//! full merge, and a merge needs room for its output.
+//!
+//! # Memory
+//!
+//! Bounded by the options: `(1 + max_frozen_memtables) * memtable_bytes` for
+//! memtables, `block_cache_bytes` for data blocks, plus each table's bloom
+//! filter and block index (about 10 bits and 1/`block_bytes` of an index entry
+//! per key), which are proportional to the number of keys, as in every LSM
+//! that keeps filters resident.
+//!
+//! # Departures from the seed
+//!
+//! Tombstones of the engine are dropped by bottommost compactions; the
+//! cluster's own tombstones (versions in a sibling set, kept for a grace
+//! period) are values to the engine, and the cluster removes them through a
+//! [`CompactionFilter`].
 
+mod batch;
+pub mod bloom;
+pub mod cache;
+mod compaction;
+mod engine;
+mod manifest;
+mod memtable;
+mod merge;
+mod options;
+mod rate_limiter;
+pub mod sstable;
 pub mod types;
+mod version;
+mod wal;
 
+pub use batch::WriteBatch;
+pub use engine::{Engine, EngineStats, Scan};
+pub use options::{CompactionFilter, FilterDecision, Options};
 pub use types::{Entry, SeqNo, TableId};

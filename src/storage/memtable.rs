@@ -1,0 +1,315 @@
+//! The memtable: recent writes, sorted, in memory, readable while being
+//! written.
+//!
+//! A lock-free skiplist (`crossbeam-skiplist`) maps `(key, sequence number)` to
+//! an [`Entry`], ordered by key ascending then sequence number descending, so
+//! the newest version of a key comes first. Keeping every version (instead of
+//! overwriting) is what gives scans a consistent snapshot: a reader takes the
+//! engine's visible sequence number and ignores anything newer, including the
+//! second half of a batch still being inserted. Readers never take a lock; the
+//! one writer at a time (the engine's write lock) inserts without blocking
+//! them.
+//!
+//! The size counts keys, values and an estimate of the skiplist's per-entry
+//! overhead, so `Options::memtable_bytes` bounds real memory rather than just
+//! payload bytes.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_skiplist::SkipMap;
+
+use super::types::{Entry, SeqNo};
+use super::wal::SegmentId;
+
+/// Estimated bytes per entry beyond key and value: the skiplist node and its
+/// tower, two `Bytes` handles and their shared allocation header.
+const ENTRY_OVERHEAD_BYTES: usize = 128;
+
+/// How many entries a [`MemTableIter`] copies out per skiplist descent.
+const ITER_CHUNK: usize = 128;
+
+/// A key and one of its versions.
+#[derive(Clone, Debug)]
+struct MemKey {
+    key: Bytes,
+    seq: SeqNo,
+}
+
+/// Lets the skiplist be searched with a borrowed `(&[u8], SeqNo)`, so a lookup
+/// needs no allocation.
+trait VersionedKey {
+    fn user_key(&self) -> &[u8];
+    fn seq(&self) -> SeqNo;
+}
+
+impl VersionedKey for MemKey {
+    fn user_key(&self) -> &[u8] {
+        &self.key
+    }
+    fn seq(&self) -> SeqNo {
+        self.seq
+    }
+}
+
+impl VersionedKey for (&[u8], SeqNo) {
+    fn user_key(&self) -> &[u8] {
+        self.0
+    }
+    fn seq(&self) -> SeqNo {
+        self.1
+    }
+}
+
+impl PartialEq for dyn VersionedKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+impl Eq for dyn VersionedKey + '_ {}
+impl PartialOrd for dyn VersionedKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for dyn VersionedKey + '_ {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        self.user_key()
+            .cmp(other.user_key())
+            .then_with(|| other.seq().cmp(&self.seq()))
+    }
+}
+
+impl PartialEq for MemKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == CmpOrdering::Equal
+    }
+}
+impl Eq for MemKey {}
+impl PartialOrd for MemKey {
+    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for MemKey {
+    fn cmp(&self, other: &Self) -> CmpOrdering {
+        (self as &dyn VersionedKey).cmp(other as &dyn VersionedKey)
+    }
+}
+
+impl<'a> Borrow<dyn VersionedKey + 'a> for MemKey {
+    fn borrow(&self) -> &(dyn VersionedKey + 'a) {
+        self
+    }
+}
+
+/// A sorted, concurrent, multi-version map of recent writes.
+pub(crate) struct MemTable {
+    map: SkipMap<MemKey, Entry>,
+    bytes: AtomicUsize,
+    /// Set when the memtable is frozen: the commit-log segment the next
+    /// memtable starts in. Once this memtable is flushed, every segment below
+    /// it can go.
+    successor_segment: AtomicU64,
+}
+
+impl MemTable {
+    pub(crate) fn new() -> Self {
+        MemTable {
+            map: SkipMap::new(),
+            bytes: AtomicUsize::new(0),
+            successor_segment: AtomicU64::new(0),
+        }
+    }
+
+    /// Insert `key` at `seq`. Sequence numbers are unique, so this never
+    /// replaces an existing version.
+    pub(crate) fn insert(&self, key: Bytes, seq: SeqNo, entry: Entry) {
+        let value_bytes = match &entry {
+            Entry::Value(value) => value.len(),
+            Entry::Tombstone => 0,
+        };
+        self.bytes.fetch_add(
+            key.len() + value_bytes + ENTRY_OVERHEAD_BYTES,
+            Ordering::Relaxed,
+        );
+        self.map.insert(MemKey { key, seq }, entry);
+    }
+
+    /// Insert a put, copying key and value into one shared allocation.
+    pub(crate) fn insert_put(&self, key: &[u8], value: &[u8], seq: SeqNo) {
+        let mut joined = Vec::with_capacity(key.len() + value.len());
+        joined.extend_from_slice(key);
+        joined.extend_from_slice(value);
+        let joined = Bytes::from(joined);
+        let key_bytes = joined.slice(..key.len());
+        let value_bytes = joined.slice(key.len()..);
+        self.insert(key_bytes, seq, Entry::Value(value_bytes));
+    }
+
+    /// The newest version of `key` with a sequence number `<= snapshot`.
+    pub(crate) fn get(&self, key: &[u8], snapshot: SeqNo) -> Option<(SeqNo, Entry)> {
+        let probe = (key, snapshot);
+        let found = self
+            .map
+            .lower_bound(Bound::Included(&probe as &dyn VersionedKey))?;
+        (found.key().key.as_ref() == key).then(|| (found.key().seq, found.value().clone()))
+    }
+
+    /// Estimated memory held, in bytes.
+    pub(crate) fn approximate_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether nothing was ever inserted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub(crate) fn set_successor_segment(&self, segment: SegmentId) {
+        self.successor_segment.store(segment.0, Ordering::Release);
+    }
+
+    pub(crate) fn successor_segment(&self) -> SegmentId {
+        SegmentId(self.successor_segment.load(Ordering::Acquire))
+    }
+}
+
+/// Where a [`MemTableIter`] resumes.
+enum Position {
+    Start(Bound<Bytes>),
+    After(MemKey),
+    Done,
+}
+
+/// Every version with a sequence number `<= snapshot`, from a start bound on,
+/// in (key ascending, sequence descending) order. Holds the memtable alive and
+/// copies entries out in small chunks, so it borrows nothing.
+pub(crate) struct MemTableIter {
+    mem: Arc<MemTable>,
+    snapshot: SeqNo,
+    position: Position,
+    chunk: VecDeque<(Bytes, SeqNo, Entry)>,
+}
+
+impl MemTableIter {
+    pub(crate) fn new(mem: Arc<MemTable>, start: Bound<&[u8]>, snapshot: SeqNo) -> Self {
+        let start = match start {
+            Bound::Included(key) => Bound::Included(Bytes::copy_from_slice(key)),
+            Bound::Excluded(key) => Bound::Excluded(Bytes::copy_from_slice(key)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        MemTableIter {
+            mem,
+            snapshot,
+            position: Position::Start(start),
+            chunk: VecDeque::with_capacity(ITER_CHUNK),
+        }
+    }
+
+    fn refill(&mut self) {
+        let map = &self.mem.map;
+        let first = match &self.position {
+            Position::Done => return,
+            Position::Start(Bound::Unbounded) => map.front(),
+            Position::Start(Bound::Included(key)) => {
+                let probe = (key.as_ref(), SeqNo(u64::MAX));
+                map.lower_bound(Bound::Included(&probe as &dyn VersionedKey))
+            }
+            Position::Start(Bound::Excluded(key)) => {
+                // (key, 0) sorts after every version of `key`.
+                let probe = (key.as_ref(), SeqNo(0));
+                map.lower_bound(Bound::Excluded(&probe as &dyn VersionedKey))
+            }
+            Position::After(last) => map.lower_bound(Bound::Excluded(last as &dyn VersionedKey)),
+        };
+        let mut cursor = first;
+        let mut last = None;
+        let mut scanned = 0;
+        while let Some(entry) = cursor {
+            let key = entry.key();
+            if key.seq <= self.snapshot {
+                self.chunk
+                    .push_back((key.key.clone(), key.seq, entry.value().clone()));
+            }
+            scanned += 1;
+            if scanned == ITER_CHUNK {
+                last = Some(key.clone());
+                break;
+            }
+            cursor = entry.next();
+        }
+        self.position = match last {
+            Some(key) => Position::After(key),
+            None => Position::Done,
+        };
+    }
+}
+
+impl Iterator for MemTableIter {
+    type Item = (Bytes, SeqNo, Entry);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.chunk.is_empty() {
+            if matches!(self.position, Position::Done) {
+                return None;
+            }
+            self.refill();
+        }
+        self.chunk.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(v: &str) -> Entry {
+        Entry::Value(Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    #[test]
+    fn get_returns_the_newest_version_visible_at_the_snapshot() {
+        let mem = MemTable::new();
+        mem.insert_put(b"k", b"old", SeqNo(1));
+        mem.insert_put(b"k", b"new", SeqNo(5));
+        mem.insert(Bytes::from_static(b"k"), SeqNo(9), Entry::Tombstone);
+        assert_eq!(mem.get(b"k", SeqNo(0)), None);
+        assert_eq!(mem.get(b"k", SeqNo(4)), Some((SeqNo(1), value("old"))));
+        assert_eq!(mem.get(b"k", SeqNo(8)), Some((SeqNo(5), value("new"))));
+        assert_eq!(mem.get(b"k", SeqNo(9)), Some((SeqNo(9), Entry::Tombstone)));
+        assert_eq!(mem.get(b"j", SeqNo(9)), None);
+        assert_eq!(mem.get(b"kk", SeqNo(9)), None);
+    }
+
+    #[test]
+    fn iteration_is_sorted_by_key_then_newest_first_and_respects_bounds() {
+        let mem = Arc::new(MemTable::new());
+        for i in 0..1000u32 {
+            mem.insert_put(
+                format!("{:04}", i % 300).as_bytes(),
+                b"v",
+                SeqNo(u64::from(i) + 1),
+            );
+        }
+        let all: Vec<_> =
+            MemTableIter::new(mem.clone(), Bound::Unbounded, SeqNo(u64::MAX)).collect();
+        assert_eq!(all.len(), 1000);
+        for pair in all.windows(2) {
+            let ordered =
+                pair[0].0 < pair[1].0 || (pair[0].0 == pair[1].0 && pair[0].1 > pair[1].1);
+            assert!(ordered, "{:?} before {:?}", pair[0], pair[1]);
+        }
+        let from: Vec<_> =
+            MemTableIter::new(mem.clone(), Bound::Excluded(b"0298"), SeqNo(u64::MAX)).collect();
+        assert!(from.iter().all(|(k, _, _)| k.as_ref() == b"0299"));
+        assert_eq!(from.len(), 3);
+        let snap: Vec<_> = MemTableIter::new(mem, Bound::Included(b"0000"), SeqNo(10)).collect();
+        assert_eq!(snap.len(), 10);
+    }
+}
