@@ -1,8 +1,10 @@
 //! The one place where the keyspace names the storage engine and the version
-//! module, so that switching from the temporary stand-ins to the real branches
-//! (`engine`, `version`) touches only this file.
+//! module it is built on.
 
-pub use super::standin::engine::{
+pub use crate::storage::{
     CompactionFilter, Engine, EngineStats, FilterDecision, Options as StorageOptions, WriteBatch,
 };
-pub use super::standin::version::{context, ActorId, Payload, SiblingSet, Version, VersionVector};
+pub use crate::version::{
+    context, decode_live_values, ActorId, LiveValues, Payload, SiblingLimits, SiblingPressure,
+    SiblingSet, Version, VersionVector,
+};

@@ -9,31 +9,36 @@
 //! expiry does. Every [`DEFAULT_INTERVAL`] it reads the expiry index
 //! (see [`super::layout`]) from its oldest entry up to "now", a bounded batch
 //! at a time, and for each entry re-checks the stored set under the key's
-//! lock: a set whose value versions have all expired is removed, an entry that
-//! no longer matches the set (the key was rewritten with another TTL or
-//! persisted) is dropped. Work per tick is bounded by [`DEFAULT_BATCH`] entries
-//! and [`TICK_BUDGET`] of time, so a mass expiry is spread over ticks instead
-//! of stalling the node.
+//! lock: a set whose value versions have all expired gets a tombstone that
+//! supersedes them, an entry that no longer matches the set (the key was
+//! rewritten with another TTL or persisted) is dropped. Work per tick is
+//! bounded by [`DEFAULT_BATCH`] entries and [`TICK_BUDGET`] of time, so a mass
+//! expiry is spread over ticks instead of stalling the node.
 //!
-//! On a single node, removing the engine key is the whole story. In the
-//! cluster, a replica that silently forgot a key could let anti-entropy
-//! resurrect an older version from another replica, so there expiry becomes a
-//! tombstone (or a coordinated GC decision) rather than a removal.
+//! Why a tombstone rather than erasing the key: erasing forgets the key's
+//! clock, so its next write would start again at `(actor, 1)` and an old
+//! context token could silently supersede it (the counter-reset hazard in
+//! [`crate::version`]); in the cluster, a replica that forgot a key would also
+//! let anti-entropy resurrect it. The value bytes go at the next compaction,
+//! the small tombstone after the grace period. In the cluster each replica
+//! expires independently, so replicas may hold different tombstones for one
+//! expiry; they merge as concurrent tombstones, which read as absent.
 //!
 //! # Tombstone GC
 //!
 //! `DEL` writes a tombstone version (DESIGN.md §3), so a deleted key keeps a
 //! small record with its clock. [`TombstoneGc`] is the compaction filter the
-//! keyspace gives the engine: it drops a set made only of tombstones once the
-//! newest of them is older than the grace period (default 10 days, like
-//! Cassandra's `gc_grace`). That is safe on a single node; the cluster adds
-//! the condition that every replica of the partition has the tombstone,
-//! otherwise anti-entropy could bring the deleted value back.
+//! keyspace gives the engine: it drops a set whose every version has been dead
+//! (a tombstone since it was written, an expired value since its deadline)
+//! for longer than the grace period (default 10 days, like Cassandra's
+//! `gc_grace`). That is safe on a single node; the cluster adds the condition
+//! that every replica of the partition has the tombstone, otherwise
+//! anti-entropy could bring the deleted value back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::deps::{CompactionFilter, FilterDecision, Payload, SiblingSet};
+use super::deps::{CompactionFilter, FilterDecision, SiblingSet};
 use super::layout;
 use super::now_ms;
 use super::replica::Replica;
@@ -53,7 +58,7 @@ pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(10 * 24 * 3600
 pub struct ExpiryTick {
     /// Index entries examined.
     pub examined: usize,
-    /// Keys removed because all their versions had expired.
+    /// Keys tombstoned because all their values had expired.
     pub reclaimed: usize,
 }
 
@@ -88,16 +93,15 @@ impl TombstoneGc {
         })
     }
 
-    /// Whether `set` may be dropped at `now_ms`.
+    /// Whether `set` may be dropped at `now_ms`: something is stored and all
+    /// of it died more than the grace period ago.
     pub fn purgeable(&self, set: &SiblingSet, now_ms: u64) -> bool {
-        let versions = set.versions();
-        !versions.is_empty()
-            && versions
+        let cutoff = now_ms.saturating_sub(self.grace_ms);
+        !set.is_empty()
+            && set
+                .versions()
                 .iter()
-                .all(|v| matches!(v.payload, Payload::Tombstone))
-            && versions
-                .iter()
-                .all(|v| v.written_at_ms.saturating_add(self.grace_ms) <= now_ms)
+                .all(|v| v.dead_since_ms().is_some_and(|since| since < cutoff))
     }
 }
 

@@ -6,7 +6,7 @@ use rand::Rng;
 
 use super::args::{int_arg, is, syntax_error};
 use super::cursor::CursorTable;
-use super::deps::{Payload, SiblingSet};
+use super::deps::{LiveValues, Payload, SiblingSet};
 use super::glob;
 use super::layout::PartitionId;
 use super::number::parse_u64;
@@ -60,8 +60,10 @@ pub fn del(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 pub fn exists(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let mut count = 0;
     for key in &args[1..] {
-        let set = shared.replica.read(Key::new(key))?;
-        if set.is_some_and(|s| has_live(&s, now)) {
+        if !matches!(
+            shared.replica.read_live(Key::new(key), now)?,
+            LiveValues::Absent
+        ) {
             count += 1;
         }
     }
@@ -70,8 +72,8 @@ pub fn exists(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 
 /// `TYPE key`: every value is a string.
 pub fn type_of(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
-    let set = shared.replica.read(Key::new(&args[1]))?;
-    let name = if set.is_some_and(|s| has_live(&s, now)) {
+    let live = shared.replica.read_live(Key::new(&args[1]), now)?;
+    let name = if !matches!(live, LiveValues::Absent) {
         "string"
     } else {
         "none"
@@ -240,15 +242,17 @@ pub fn dbsize(shared: &Shared) -> Result<Done> {
     Done::reply(Reply::Integer(keys.max(0)))
 }
 
-/// `FLUSHALL [ASYNC|SYNC]` / `FLUSHDB [ASYNC|SYNC]`: removes every key, one
-/// partition batch at a time, each under its key's lock.
-pub fn flush(shared: &Shared, args: &[Bytes]) -> Result<Done> {
+/// `FLUSHALL [ASYNC|SYNC]` / `FLUSHDB [ASYNC|SYNC]`: writes a tombstone over
+/// every key that holds a value, one partition batch at a time, each under
+/// its key's lock (a key is never erased; see [`super`]).
+pub fn flush(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     match args.len() {
         1 => {}
         2 if is(&args[1], "sync") || is(&args[1], "async") => {}
         _ => return Err(syntax_error()),
     }
     let replica = &shared.replica;
+    let actor = replica.actor();
     let mut last_write: Option<SeqNo> = None;
     for p in 0..replica.partitions() {
         let partition = PartitionId(p as u16);
@@ -258,15 +262,12 @@ pub fn flush(shared: &Shared, args: &[Bytes]) -> Result<Done> {
         loop {
             let batch = replica.scan_partition(partition, after.as_deref(), WALK_BATCH)?;
             for (key, _) in &batch {
-                let (_, wrote) = replica.update(Key::new(key), |set| {
-                    Ok((
-                        (),
-                        if set.is_some() {
-                            Change::Remove
-                        } else {
-                            Change::Keep
-                        },
-                    ))
+                let (_, wrote) = replica.update(Key::new(key), |set| match set {
+                    Some(set) if !set.is_only_tombstones() => {
+                        let set = supersede(actor, Some(set), Payload::Tombstone, None, now);
+                        Ok(((), Change::Put(set)))
+                    }
+                    _ => Ok(((), Change::Keep)),
                 })?;
                 last_write = last_write.max(wrote);
             }

@@ -119,12 +119,13 @@ pub fn parse_expiry_key(engine_key: &[u8]) -> Option<(u64, &[u8])> {
     Some((deadline, &rest[8..]))
 }
 
-/// Engine-key bounds of the expiry-index entries due at `now_ms` (deadline
-/// `<= now_ms`).
+/// Engine-key bounds of the expiry-index entries due at `now_ms`: deadline
+/// `< now_ms` (a version is still readable at the millisecond of its
+/// deadline, as in Redis).
 pub fn expiry_due_range(now_ms: u64) -> (Vec<u8>, Vec<u8>) {
     let start = vec![RESERVED, EXPIRY_INDEX];
-    // Every key with deadline <= now_ms sorts below `prefix ++ (now_ms + 1)`.
-    let end = expiry_key(now_ms.saturating_add(1), b"");
+    // Every key with deadline < now_ms sorts below `prefix ++ now_ms`.
+    let end = expiry_key(now_ms, b"");
     (start, end)
 }
 
@@ -183,8 +184,10 @@ mod tests {
         let b = expiry_key(2_000, b"aaa");
         assert!(a < b);
         assert_eq!(parse_expiry_key(&b), Some((2_000, &b"aaa"[..])));
-        let (start, end) = expiry_due_range(1_000);
+        let (start, end) = expiry_due_range(1_001);
         assert!(start <= a && a < end);
         assert!(b >= end);
+        let (_, end) = expiry_due_range(1_000);
+        assert!(a >= end, "not due at its own deadline");
     }
 }

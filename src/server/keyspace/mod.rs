@@ -25,20 +25,26 @@
 //!   with siblings with `-CONFLICT ...`, naming `VCLOCK` and `RESOLVE`.
 //! - `DEL` writes a tombstone version (only for a key that has a live value,
 //!   so `DEL` of a missing key writes nothing); tombstone-only sets are purged
-//!   by compaction after a grace period ([`expiry::TombstoneGc`]).
+//!   by compaction after a grace period ([`expiry::TombstoneGc`]). A key is
+//!   never simply erased: that would forget its clock, and the next write
+//!   would reuse dots an old context token still covers (see the module doc
+//!   of [`crate::version`]).
 //! - Expiry is an absolute deadline (ms since the Unix epoch) inside each
 //!   version. Expired versions read as absent at once; the active expiry task
-//!   ([`Keyspace::spawn_background`]) removes fully expired keys within about
-//!   100 ms of their deadline, so they leave `DBSIZE`/`KEYS`/`SCAN`. Clocks of
-//!   nodes are assumed NTP-synced (a deadline is compared with local time).
+//!   ([`Keyspace::spawn_background`]) turns fully expired keys into
+//!   tombstones within about 100 ms of their deadline, so they leave
+//!   `DBSIZE`/`KEYS`/`SCAN` and their values' space is reclaimed by the next
+//!   compactions. Clocks of nodes are assumed NTP-synced (a deadline is
+//!   compared with local time).
 //! - `DBSIZE` is exact and O(1): a counter maintained by every write (see
 //!   [`replica`]), set up by one scan of the data at open. Like Redis it counts
 //!   an expired key until active expiry reclaims it.
 //! - `KEYS` reads the whole data space (seeking to each partition's part of a
 //!   pattern's literal prefix); `SCAN`'s cursor is described in [`cursor`].
-//! - `FLUSHALL`/`FLUSHDB` remove every key present when they start, key by key
-//!   under each key's lock; writes that race with a flush may survive it.
-//!   `ASYNC` is accepted and runs the same way (the reply comes when done).
+//! - `FLUSHALL`/`FLUSHDB` delete (tombstone) every key present when they
+//!   start, key by key under each key's lock, so they cost a write per key;
+//!   writes that race with a flush may survive it. `ASYNC` is accepted and
+//!   runs the same way (the reply comes when done).
 //!
 //! # Durability
 //!
@@ -58,7 +64,6 @@ mod keys;
 pub mod layout;
 pub mod number;
 pub mod replica;
-mod standin;
 mod strings;
 mod ttl;
 mod versions;
@@ -78,7 +83,7 @@ use crate::error::{Error, Result};
 use crate::protocol::Reply;
 use crate::storage::SeqNo;
 use cursor::CursorTable;
-use deps::Engine;
+use deps::{Engine, SiblingLimits};
 use identity::Identity;
 use replica::Replica;
 
@@ -89,9 +94,11 @@ pub struct KeyspaceOptions {
     /// `compaction_filter` to its tombstone GC unless one is given.
     /// Default: the engine's defaults.
     pub storage: StorageOptions,
-    /// Versions per key above which a write logs a warning. Default: 25.
+    /// Versions per key (tombstones included) from which a write logs a
+    /// warning. Default: 25.
     pub sibling_warn: usize,
-    /// Versions per key above which a write is refused. Default: 100.
+    /// Versions per key above which a client write is refused with
+    /// `-CONFLICT too many siblings`; must be `>= sibling_warn`. Default: 100.
     pub sibling_max: usize,
     /// Number of ring partitions Q (`1..=65280`); fixed for a data directory.
     /// Default: 256.
@@ -191,9 +198,6 @@ impl Keyspace {
                 opts.partitions
             )));
         }
-        if opts.sibling_max == 0 {
-            return Err(Error::invalid("sibling-max must be at least 1"));
-        }
         std::fs::create_dir_all(data_dir)?;
         let identity = Identity::load_or_create(data_dir, opts.partitions)?;
         if opts.storage.compaction_filter.is_none() {
@@ -205,8 +209,10 @@ impl Keyspace {
             engine,
             identity.actor,
             opts.partitions,
-            opts.sibling_warn,
-            opts.sibling_max,
+            SiblingLimits {
+                warn: opts.sibling_warn,
+                max: opts.sibling_max,
+            },
         )?;
         let (shutdown, _) = watch::channel(false);
         Ok(Keyspace {
@@ -362,7 +368,7 @@ fn dispatch(shared: &Shared, name: &str, args: &[Bytes]) -> Result<Done> {
         "scan" => keys::scan(shared, args, now),
         "randomkey" => keys::random_key(shared, now),
         "dbsize" => keys::dbsize(shared),
-        "flushall" | "flushdb" => keys::flush(shared, args),
+        "flushall" | "flushdb" => keys::flush(shared, args, now),
         "expire" => ttl::expire(shared, args, now, ttl::Base::Relative, 1000),
         "pexpire" => ttl::expire(shared, args, now, ttl::Base::Relative, 1),
         "expireat" => ttl::expire(shared, args, now, ttl::Base::Absolute, 1000),

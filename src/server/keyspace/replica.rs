@@ -31,7 +31,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::deps::{ActorId, Engine, Payload, SiblingSet, Version, WriteBatch};
+use super::deps::{
+    decode_live_values, ActorId, Engine, LiveValues, Payload, SiblingLimits, SiblingPressure,
+    SiblingSet, Version, WriteBatch,
+};
 use super::layout::{self, PartitionId};
 use crate::error::{Error, Result};
 use crate::storage::SeqNo;
@@ -41,16 +44,16 @@ use crate::storage::SeqNo;
 const LOCK_STRIPES: usize = 4096;
 
 /// What a command decided to do with one key.
+///
+/// There is deliberately no "remove the key": a replica loses versions only
+/// through writes, merges and tombstone GC (see the module doc of
+/// [`crate::version`]); expiry and `FLUSHALL` write tombstones instead.
 #[derive(Debug)]
 pub enum Change {
     /// Write nothing.
     Keep,
     /// Store this sibling set.
     Put(SiblingSet),
-    /// Remove the key from the engine altogether (single-node reclamation:
-    /// active expiry, `FLUSHALL`; the cluster will turn these into tombstones
-    /// that anti-entropy can see).
-    Remove,
 }
 
 /// The time-independent facts about a stored set that the counters track.
@@ -118,8 +121,7 @@ pub struct Replica {
     engine: Arc<Engine>,
     actor: ActorId,
     partitions: u32,
-    sibling_warn: usize,
-    sibling_max: usize,
+    limits: SiblingLimits,
     locks: Box<[Mutex<()>]>,
     pub counters: Counters,
 }
@@ -146,16 +148,15 @@ impl Replica {
         engine: Arc<Engine>,
         actor: ActorId,
         partitions: u32,
-        sibling_warn: usize,
-        sibling_max: usize,
+        limits: SiblingLimits,
     ) -> Result<Replica> {
+        limits.validate()?;
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
         let replica = Replica {
             engine,
             actor,
             partitions,
-            sibling_warn,
-            sibling_max,
+            limits,
             locks,
             counters: Counters::default(),
         };
@@ -195,6 +196,18 @@ impl Replica {
         }
     }
 
+    /// The live values of `key` at `now_ms`, decoded without building the
+    /// set (the `GET` fast path), without locking.
+    pub fn read_live(&self, key: Key<'_>, now_ms: u64) -> Result<LiveValues> {
+        let engine_key = layout::data_key(self.partition(key), key.bytes);
+        match self.engine.get(&engine_key)? {
+            None => Ok(LiveValues::Absent),
+            Some(value) => {
+                decode_live_values(&value, now_ms).map_err(|e| corrupt(&engine_key, e.to_string()))
+            }
+        }
+    }
+
     /// Read-modify-write of one key under its lock. `decide` gets the stored
     /// set and returns the command's result and what to store. Returns the
     /// result and the sequence number of the write, if there was one.
@@ -203,12 +216,38 @@ impl Replica {
         key: Key<'_>,
         decide: impl FnOnce(Option<SiblingSet>) -> Result<(T, Change)>,
     ) -> Result<(T, Option<SeqNo>)> {
+        self.update_one(key, Limits::Enforce, decide)
+    }
+
+    /// Merges a set received from another replica (replication, read repair,
+    /// hinted handoff, anti-entropy) into the stored one. Never refused for
+    /// the sibling bound: the versions are already acknowledged elsewhere.
+    pub fn merge_remote(&self, key: Key<'_>, incoming: SiblingSet) -> Result<Option<SeqNo>> {
+        let (_, wrote) = self.update_one(key, Limits::Ignore, |current| {
+            let mut merged = current.clone().unwrap_or_default();
+            merged.merge_owned(incoming);
+            let change = if Some(&merged) == current.as_ref() {
+                Change::Keep
+            } else {
+                Change::Put(merged)
+            };
+            Ok(((), change))
+        })?;
+        Ok(wrote)
+    }
+
+    fn update_one<T>(
+        &self,
+        key: Key<'_>,
+        limits: Limits,
+        decide: impl FnOnce(Option<SiblingSet>) -> Result<(T, Change)>,
+    ) -> Result<(T, Option<SeqNo>)> {
         let _guard = self.locks[stripe(key)].lock();
         let current = self.read(key)?;
         let before = Facts::of(current.as_ref());
         let (result, change) = decide(current)?;
         let mut batch = WriteBatch::new();
-        let Some(after) = self.stage(&mut batch, key, before, change)? else {
+        let Some(after) = self.stage(&mut batch, key, before, change, limits)? else {
             return Ok((result, None));
         };
         let seq = self.engine.write_unsynced(&batch)?;
@@ -241,7 +280,7 @@ impl Replica {
         let mut batch = WriteBatch::new();
         let mut moved = Vec::new();
         for ((key, before), change) in keys.iter().zip(&before).zip(changes) {
-            if let Some(after) = self.stage(&mut batch, *key, *before, change)? {
+            if let Some(after) = self.stage(&mut batch, *key, *before, change, Limits::Enforce)? {
                 moved.push((*before, after));
             }
         }
@@ -268,16 +307,15 @@ impl Replica {
         key: Key<'_>,
         before: Facts,
         change: Change,
+        limits: Limits,
     ) -> Result<Option<Facts>> {
         let engine_key = layout::data_key(self.partition(key), key.bytes);
         let after = match change {
             Change::Keep => return Ok(None),
-            Change::Remove => {
-                batch.delete(&engine_key);
-                Facts::default()
-            }
             Change::Put(set) => {
-                self.check_siblings(key, &set)?;
+                if limits == Limits::Enforce {
+                    self.check_siblings(key, &set)?;
+                }
                 let mut encoded = Vec::new();
                 set.encode(&mut encoded);
                 batch.put(&engine_key, &encoded);
@@ -295,21 +333,14 @@ impl Replica {
         Ok(Some(after))
     }
 
-    /// Refuses a set past the sibling bound; warns past the warning level.
+    /// Refuses a set past the sibling bound (`-CONFLICT too many siblings`);
+    /// logs a warning past the warning level.
     fn check_siblings(&self, key: Key<'_>, set: &SiblingSet) -> Result<()> {
-        let n = set.len();
-        if n > self.sibling_max {
-            return Err(Error::invalid(format!(
-                "write refused: the key would have {n} versions, more than sibling-max {}; \
-                 read them with VCLOCK key WITHVALUES and collapse them with RESOLVE",
-                self.sibling_max
-            )));
-        }
-        if n > self.sibling_warn {
+        if let SiblingPressure::Warn { versions } = self.limits.check(set.len())? {
             tracing::warn!(
                 key = %String::from_utf8_lossy(key.bytes),
-                versions = n,
-                warn_at = self.sibling_warn,
+                versions,
+                warn_at = self.limits.warn,
                 "key has many siblings; clients should RESOLVE them"
             );
         }
@@ -396,10 +427,12 @@ impl Replica {
         Ok(out)
     }
 
-    /// Handles one due expiry-index entry: removes the key if every value
-    /// version has expired, and drops the entry if it no longer matches the
-    /// stored set (the key was rewritten or persisted). Returns whether a key
-    /// was reclaimed.
+    /// Handles one due expiry-index entry. If every value version of the key
+    /// has expired, the key gets a tombstone superseding them (so its clock
+    /// survives and no counter is ever reused; compaction purges the
+    /// tombstone after the grace period). An entry that no longer matches the
+    /// stored set (the key was rewritten or persisted) is just dropped.
+    /// Returns whether a key was expired.
     pub fn expire_entry(&self, deadline: u64, user_key: &[u8], now_ms: u64) -> Result<bool> {
         let key = Key::new(user_key);
         let _guard = self.locks[stripe(key)].lock();
@@ -408,12 +441,15 @@ impl Replica {
         let mut batch = WriteBatch::new();
         // The entry itself goes in every case: it is either acted on or stale.
         batch.delete(&layout::expiry_key(deadline, user_key));
-        let reclaim = matches!(before.deadline, Some(d) if d <= now_ms);
-        let after = if reclaim {
-            self.stage(&mut batch, key, before, Change::Remove)?
-                .unwrap_or_default()
-        } else {
-            before
+        // A version is still readable at the millisecond of its deadline.
+        let reclaim = matches!(before.deadline, Some(d) if d < now_ms);
+        let after = match current {
+            Some(mut set) if reclaim => {
+                set.overwrite(self.actor, Payload::Tombstone, None, now_ms);
+                self.stage(&mut batch, key, before, Change::Put(set), Limits::Ignore)?
+                    .unwrap_or_default()
+            }
+            _ => before,
         };
         self.engine.write_unsynced(&batch)?;
         self.counters.apply(before, after);
@@ -428,11 +464,23 @@ fn stripe(key: Key<'_>) -> usize {
     (key.hash as usize) % LOCK_STRIPES
 }
 
-fn decode(engine_key: &[u8], value: &[u8]) -> Result<SiblingSet> {
-    SiblingSet::decode(value).map_err(|e| {
-        let key = String::from_utf8_lossy(layout::user_key(engine_key).unwrap_or(engine_key));
-        Error::corruption(format!("sibling set of key {key:?}"), 0, e.to_string())
-    })
+/// Whether a write is held to the sibling bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Limits {
+    /// Client writes: refused past the bound.
+    Enforce,
+    /// Merges and expiry: never refused.
+    Ignore,
+}
+
+fn decode(engine_key: &[u8], value: &Bytes) -> Result<SiblingSet> {
+    SiblingSet::decode_shared(value).map_err(|e| corrupt(engine_key, e.to_string()))
+}
+
+/// A stored set that does not decode: reported with its key, never skipped.
+fn corrupt(engine_key: &[u8], detail: String) -> Error {
+    let key = String::from_utf8_lossy(layout::user_key(engine_key).unwrap_or(engine_key));
+    Error::corruption(format!("sibling set of key {key:?}"), 0, detail)
 }
 
 /// The live (value, not expired) versions of a set, in the set's order.
@@ -462,7 +510,6 @@ pub fn supersede(
     now_ms: u64,
 ) -> SiblingSet {
     let mut set = set.unwrap_or_default();
-    let context = set.causal_context();
-    set.write(actor, &context, payload, expires_at_ms, now_ms);
+    set.overwrite(actor, payload, expires_at_ms, now_ms);
     set
 }

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use super::args::{
     expire_at_ms, int_arg, Condition, ExpireKind, ExtendedArgs, ExtendedFor, NOT_AN_INTEGER,
 };
-use super::deps::{Payload, SiblingSet, Version};
+use super::deps::{LiveValues, Payload, SiblingSet, Version};
 use super::extended::LongDouble;
 use super::number::parse_i64;
 use super::replica::{live, supersede, value_of, Change, Key};
@@ -41,16 +41,6 @@ pub fn single(set: Option<&SiblingSet>, now: u64) -> Result<Option<&Version>> {
     }
 }
 
-/// `GET`'s answer for a set: nil, one bulk string, or the siblings.
-pub fn values_reply(set: Option<&SiblingSet>, now: u64) -> Reply {
-    let versions = live(set, now);
-    match versions.as_slice() {
-        [] => Reply::Null,
-        [one] => Reply::Bulk(value_of(one)),
-        many => Reply::Array(many.iter().map(|v| Reply::Bulk(value_of(v))).collect()),
-    }
-}
-
 fn count_lookup(shared: &Shared, found: bool) {
     let counters = &shared.replica.counters;
     if found {
@@ -64,10 +54,18 @@ fn bulk_or_null(value: Option<Bytes>) -> Reply {
     value.map_or(Reply::Null, Reply::Bulk)
 }
 
+/// `GET`'s answer from the read fast path.
+fn live_reply(live: LiveValues) -> Reply {
+    match live {
+        LiveValues::Absent => Reply::Null,
+        LiveValues::One { value, .. } => Reply::Bulk(value),
+        LiveValues::Siblings(values) => Reply::Array(values.into_iter().map(Reply::Bulk).collect()),
+    }
+}
+
 /// `GET key`
 pub fn get(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
-    let set = shared.replica.read(Key::new(&args[1]))?;
-    let reply = values_reply(set.as_ref(), now);
+    let reply = live_reply(shared.replica.read_live(Key::new(&args[1]), now)?);
     count_lookup(shared, reply != Reply::Null);
     Done::reply(reply)
 }
@@ -211,8 +209,7 @@ pub fn getex(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 pub fn mget(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let mut replies = Vec::with_capacity(args.len() - 1);
     for key in &args[1..] {
-        let set = shared.replica.read(Key::new(key))?;
-        let reply = values_reply(set.as_ref(), now);
+        let reply = live_reply(shared.replica.read_live(Key::new(key), now)?);
         count_lookup(shared, reply != Reply::Null);
         replies.push(reply);
     }
