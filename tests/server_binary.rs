@@ -199,7 +199,7 @@ fn redis_cli_talks_to_ringkv() {
     assert_eq!(cli(&["GET", "name"]), "");
     assert!(cli(&["NOSUCHCMD"]).starts_with("ERR unknown command 'NOSUCHCMD'"));
     assert!(cli(&["INFO", "server"]).contains("redis_version:"));
-    assert!(cli(&["--resp3", "HELLO", "3"]).contains("proto"));
+    assert!(cli(&["-3", "HELLO", "3"]).contains("proto"));
 }
 
 #[test]

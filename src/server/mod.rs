@@ -68,7 +68,6 @@ use stats::Stats;
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
 /// State shared by every connection.
-#[derive(Debug)]
 pub struct Shared {
     /// The configuration the server started with.
     pub config: Config,
@@ -93,7 +92,7 @@ impl Shared {
 }
 
 /// Asks a running server to shut down gracefully.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ShutdownHandle {
     shared: Arc<Shared>,
 }
@@ -106,7 +105,6 @@ impl ShutdownHandle {
 }
 
 /// A bound, not yet running server.
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -207,7 +205,6 @@ impl Server {
 }
 
 /// A server running on its own task.
-#[derive(Debug)]
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub handle: ShutdownHandle,
@@ -232,7 +229,14 @@ impl RunningServer {
 /// The keyspace's options from the configuration.
 fn keyspace_options(config: &Config) -> KeyspaceOptions {
     KeyspaceOptions {
-        fsync: config.fsync,
+        storage: keyspace::StorageOptions {
+            fsync: config.fsync,
+            memtable_bytes: usize::try_from(config.memtable_size.bytes()).unwrap_or(usize::MAX),
+            block_cache_bytes: usize::try_from(config.block_cache_size.bytes())
+                .unwrap_or(usize::MAX),
+            ..keyspace::StorageOptions::default()
+        },
+        ..KeyspaceOptions::default()
     }
 }
 

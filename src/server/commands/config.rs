@@ -8,15 +8,17 @@
 //!
 //! `CONFIG SET` takes several `parameter value` pairs and applies all of them
 //! or none, as Redis 7 does: every value is checked before any is applied.
-//! Settable: `maxclients`, `requirepass`, `appendfsync`, `proto-max-bulk-len`,
-//! `timeout`, `client-output-buffer-limit`. The rest are read-only; setting
-//! one is refused with Redis' "immutable config" error. `CONFIG SET` does not
-//! rewrite the config file.
+//! Settable: `maxclients`, `requirepass`, `proto-max-bulk-len`, `timeout`,
+//! `client-output-buffer-limit`. The rest are read-only; setting one is
+//! refused with Redis' "immutable config" error. `appendfsync` is among them
+//! because the storage engine fixes its fsync policy when it opens (restart
+//! with `--fsync` to change it). `CONFIG SET` does not rewrite the config
+//! file.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::config::{ByteSize, Config, FsyncPolicy};
 use crate::protocol::Reply;
@@ -45,7 +47,7 @@ pub struct LiveConfig {
     output_buffer_limit: AtomicU64,
     timeout: AtomicU64,
     requirepass: RwLock<Option<String>>,
-    fsync: Mutex<FsyncPolicy>,
+    fsync: FsyncPolicy,
 }
 
 impl LiveConfig {
@@ -57,7 +59,7 @@ impl LiveConfig {
             output_buffer_limit: AtomicU64::new(config.client_output_buffer_limit.bytes()),
             timeout: AtomicU64::new(config.timeout),
             requirepass: RwLock::new(config.requirepass.clone()),
-            fsync: Mutex::new(config.fsync),
+            fsync: config.fsync,
         }
     }
 
@@ -88,7 +90,7 @@ impl LiveConfig {
     }
 
     pub fn fsync(&self) -> FsyncPolicy {
-        *self.fsync.lock()
+        self.fsync
     }
 }
 
@@ -110,7 +112,6 @@ enum Setting {
     OutputBufferLimit(u64),
     Timeout(u64),
     RequirePass(Option<String>),
-    Fsync(FsyncPolicy),
 }
 
 fn text(v: &[u8]) -> Result<&str, String> {
@@ -134,13 +135,6 @@ fn size(v: &[u8], min: u64, what: &str) -> Result<u64, String> {
     Ok(n)
 }
 
-fn fsync_setting(v: &[u8]) -> Result<Setting, String> {
-    text(v)?
-        .parse()
-        .map(Setting::Fsync)
-        .map_err(|_| "argument(s) must be one of the following: always, everysec, no".to_string())
-}
-
 static PARAMS: &[Param] = &[
     Param {
         name: "port",
@@ -162,15 +156,16 @@ static PARAMS: &[Param] = &[
         },
         set: None,
     },
+    // Read-only: the storage engine takes its fsync policy when it opens.
     Param {
         name: "appendfsync",
         get: |c| c.shared.live.fsync().to_string(),
-        set: Some(fsync_setting),
+        set: None,
     },
     Param {
         name: "fsync",
         get: |c| c.shared.live.fsync().to_string(),
-        set: Some(fsync_setting),
+        set: None,
     },
     Param {
         name: "appendonly",
@@ -311,9 +306,6 @@ pub fn config_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Reply {
             }
         }
     }
-    // The fsync policy is the one change that can fail (the engine applies
-    // it); apply it first so a failure leaves nothing half-applied.
-    settings.sort_by_key(|s| !matches!(s, Setting::Fsync(_)));
     let live = &ctx.shared.live;
     for s in settings {
         match s {
@@ -322,14 +314,6 @@ pub fn config_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Reply {
             Setting::OutputBufferLimit(n) => live.output_buffer_limit.store(n, Relaxed),
             Setting::Timeout(n) => live.timeout.store(n, Relaxed),
             Setting::RequirePass(p) => *live.requirepass.write() = p,
-            Setting::Fsync(policy) => {
-                if let Err(e) = ctx.shared.keyspace.set_fsync(policy) {
-                    return Reply::err(format!(
-                        "CONFIG SET failed (possibly related to argument 'appendfsync') - {e}"
-                    ));
-                }
-                *live.fsync.lock() = policy;
-            }
         }
     }
     Reply::OK

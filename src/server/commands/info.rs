@@ -180,9 +180,44 @@ fn section(s: &Shared, name: &str, out: &mut String) {
             }
         }
         "ringkv" => {
+            let ks = s.keyspace.info();
+            let e = &ks.engine;
             line!("# Ringkv");
+            line!("ringkv_version:{}", env!("CARGO_PKG_VERSION"));
+            line!("actor_id:{}", ks.actor);
+            line!("partitions:{}", ks.partitions);
             line!("fsync_policy:{}", s.live.fsync());
             line!("data_dir:{}", s.config.dir.display());
+            line!("keys_with_siblings:{}", ks.keys_with_siblings);
+            line!("engine_puts:{}", e.puts);
+            line!("engine_deletes:{}", e.deletes);
+            line!("engine_gets:{}", e.gets);
+            line!("engine_write_batches:{}", e.write_batches);
+            line!("engine_scans:{}", e.scans);
+            line!("log_fsyncs:{}", e.log_fsyncs);
+            line!("log_bytes:{}", e.log_bytes);
+            line!("last_seq:{}", e.last_seq);
+            line!("synced_seq:{}", e.synced_seq);
+            line!("memtable_bytes:{}", e.memtable_bytes);
+            line!("frozen_memtables:{}", e.frozen_memtables);
+            line!("flushes:{}", e.flushes);
+            line!("flushed_bytes:{}", e.flushed_bytes);
+            line!("compactions:{}", e.compactions);
+            line!("compaction_bytes_read:{}", e.compaction_bytes_read);
+            line!("compaction_bytes_written:{}", e.compaction_bytes_written);
+            line!("sstables:{}", e.tables);
+            line!("sorted_runs:{}", e.runs);
+            line!("sstable_bytes:{}", e.table_bytes);
+            line!("sstable_memory_bytes:{}", e.table_memory_bytes);
+            line!("write_stalls:{}", e.write_stalls);
+            line!("write_stall_micros:{}", e.write_stall_micros);
+            line!("bloom_checks:{}", e.bloom_checks);
+            line!("bloom_negatives:{}", e.bloom_negatives);
+            line!("data_block_reads:{}", e.data_block_reads);
+            line!("block_disk_reads:{}", e.block_disk_reads);
+            line!("block_cache_hits:{}", e.cache_hits);
+            line!("block_cache_misses:{}", e.cache_misses);
+            line!("block_cache_bytes:{}", e.cache_bytes);
         }
         _ => {}
     }

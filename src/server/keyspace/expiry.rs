@@ -1,0 +1,119 @@
+//! Reclaiming space: active expiry of keys whose every value version has
+//! expired, and the compaction filter that purges old tombstones.
+//!
+//! # Active expiry
+//!
+//! Expired versions read as absent at once (every read filters on the
+//! version's absolute deadline); this task makes the keys *go away* so they
+//! leave `DBSIZE`, `KEYS` and `SCAN` and free their space, as Redis' active
+//! expiry does. Every [`DEFAULT_INTERVAL`] it reads the expiry index
+//! (see [`super::layout`]) from its oldest entry up to "now", a bounded batch
+//! at a time, and for each entry re-checks the stored set under the key's
+//! lock: a set whose value versions have all expired gets a tombstone that
+//! supersedes them, an entry that no longer matches the set (the key was
+//! rewritten with another TTL or persisted) is dropped. Work per tick is
+//! bounded by [`DEFAULT_BATCH`] entries and [`TICK_BUDGET`] of time, so a mass
+//! expiry is spread over ticks instead of stalling the node.
+//!
+//! Why a tombstone rather than erasing the key: erasing forgets the key's
+//! clock, so its next write would start again at `(actor, 1)` and an old
+//! context token could silently supersede it (the counter-reset hazard in
+//! [`crate::version`]); in the cluster, a replica that forgot a key would also
+//! let anti-entropy resurrect it. The value bytes go at the next compaction,
+//! the small tombstone after the grace period. In the cluster each replica
+//! expires independently, so replicas may hold different tombstones for one
+//! expiry; they merge as concurrent tombstones, which read as absent.
+//!
+//! # Tombstone GC
+//!
+//! `DEL` writes a tombstone version (DESIGN.md §3), so a deleted key keeps a
+//! small record with its clock. [`TombstoneGc`] is the compaction filter the
+//! keyspace gives the engine: it drops a set whose every version has been dead
+//! (a tombstone since it was written, an expired value since its deadline)
+//! for longer than the grace period (default 10 days, like Cassandra's
+//! `gc_grace`). That is safe on a single node; the cluster adds the condition
+//! that every replica of the partition has the tombstone, otherwise
+//! anti-entropy could bring the deleted value back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::deps::{CompactionFilter, FilterDecision, SiblingSet};
+use super::layout;
+use super::now_ms;
+use super::replica::Replica;
+use crate::error::Result;
+
+/// How often the active expiry task wakes up.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+/// Expiry-index entries read per batch.
+pub const DEFAULT_BATCH: usize = 512;
+/// Longest time one tick may spend expiring before it yields.
+pub const TICK_BUDGET: Duration = Duration::from_millis(25);
+/// Default age after which a tombstone-only set may be purged.
+pub const DEFAULT_TOMBSTONE_GRACE: Duration = Duration::from_secs(10 * 24 * 3600);
+
+/// What one tick did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpiryTick {
+    /// Index entries examined.
+    pub examined: usize,
+    /// Keys tombstoned because all their values had expired.
+    pub reclaimed: usize,
+}
+
+/// Runs one tick of active expiry at `now_ms`.
+pub fn expire_due(replica: &Replica, now_ms: u64, batch: usize) -> Result<ExpiryTick> {
+    let started = Instant::now();
+    let mut tick = ExpiryTick::default();
+    loop {
+        let due = replica.due_expiries(now_ms, batch)?;
+        for (deadline, key) in &due {
+            tick.examined += 1;
+            if replica.expire_entry(*deadline, key, now_ms)? {
+                tick.reclaimed += 1;
+            }
+        }
+        if due.len() < batch || started.elapsed() >= TICK_BUDGET {
+            return Ok(tick);
+        }
+    }
+}
+
+/// The keyspace's compaction filter: purges tombstone-only sibling sets past
+/// the grace period. Never touches the reserved (index) key space.
+pub struct TombstoneGc {
+    grace_ms: u64,
+}
+
+impl TombstoneGc {
+    pub fn new(grace: Duration) -> Arc<TombstoneGc> {
+        Arc::new(TombstoneGc {
+            grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Whether `set` may be dropped at `now_ms`: something is stored and all
+    /// of it died more than the grace period ago.
+    pub fn purgeable(&self, set: &SiblingSet, now_ms: u64) -> bool {
+        let cutoff = now_ms.saturating_sub(self.grace_ms);
+        !set.is_empty()
+            && set
+                .versions()
+                .iter()
+                .all(|v| v.dead_since_ms().is_some_and(|since| since < cutoff))
+    }
+}
+
+impl CompactionFilter for TombstoneGc {
+    fn filter(&self, key: &[u8], value: &[u8]) -> FilterDecision {
+        if layout::user_key(key).is_none() {
+            return FilterDecision::Keep;
+        }
+        match SiblingSet::decode(value) {
+            Ok(set) if self.purgeable(&set, now_ms()) => FilterDecision::Remove,
+            // A set that does not decode is kept: the read path reports it.
+            _ => FilterDecision::Keep,
+        }
+    }
+}
