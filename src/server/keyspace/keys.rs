@@ -11,6 +11,7 @@ use super::glob;
 use super::layout::PartitionId;
 use super::number::parse_u64;
 use super::replica::{supersede, Change, Key, Stored};
+use super::strings::count_lookup;
 use super::{Done, Shared};
 use crate::error::{Error, Result};
 use crate::protocol::Reply;
@@ -60,24 +61,24 @@ pub fn del(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 pub fn exists(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let mut count = 0;
     for key in &args[1..] {
-        if !matches!(
+        let found = !matches!(
             shared.replica.read_live(Key::new(key), now)?,
             LiveValues::Absent
-        ) {
-            count += 1;
-        }
+        );
+        count_lookup(shared, found);
+        count += i64::from(found);
     }
     Done::reply(Reply::Integer(count))
 }
 
 /// `TYPE key`: every value is a string.
 pub fn type_of(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
-    let live = shared.replica.read_live(Key::new(&args[1]), now)?;
-    let name = if !matches!(live, LiveValues::Absent) {
-        "string"
-    } else {
-        "none"
-    };
+    let found = !matches!(
+        shared.replica.read_live(Key::new(&args[1]), now)?,
+        LiveValues::Absent
+    );
+    count_lookup(shared, found);
+    let name = if found { "string" } else { "none" };
     Done::reply(Reply::Simple(name))
 }
 

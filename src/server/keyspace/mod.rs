@@ -357,6 +357,13 @@ impl Keyspace {
         }
     }
 
+    /// The store of sibling sets underneath, for the cluster layer
+    /// (replication, read repair, handoff and anti-entropy go through
+    /// [`Replica::merge_remote`] and [`Replica::scan_partition`]).
+    pub fn replica(&self) -> &Replica {
+        &self.shared.replica
+    }
+
     /// This node's clock actor (incarnation id).
     pub fn actor(&self) -> ActorId {
         self.shared.replica.actor()

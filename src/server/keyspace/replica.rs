@@ -478,6 +478,17 @@ pub struct Stored {
 impl Stored {
     /// Whether a read at `now_ms` sees a value (decoded without building
     /// the set).
+    /// The stored set itself (for streaming a partition to another node).
+    pub fn decode(&self) -> Result<SiblingSet> {
+        SiblingSet::decode_shared(&self.value)
+            .map_err(|e| corrupt_user_key(&self.key, e.to_string()))
+    }
+
+    /// The encoded set as stored (format of [`crate::version::codec`]).
+    pub fn encoded(&self) -> &Bytes {
+        &self.value
+    }
+
     pub fn is_live(&self, now_ms: u64) -> Result<bool> {
         match decode_live_values(&self.value, now_ms) {
             Ok(live) => Ok(!matches!(live, LiveValues::Absent)),
