@@ -520,3 +520,38 @@ async fn commands_after_close_are_refused() {
     n.ks.close().expect("close");
     assert!(matches!(n.run(&["GET", "k"]).await, Reply::Error(_)));
 }
+
+#[tokio::test]
+async fn a_deadline_already_passed_deletes_the_key_at_once() {
+    let n = Node::new();
+    n.run(&["SET", "k", "v"]).await;
+    assert_eq!(
+        n.run(&["SET", "k", "v2", "EXAT", "1", "GET"]).await,
+        bulk("v")
+    );
+    assert_eq!(n.run(&["EXISTS", "k"]).await, int(0));
+    assert_eq!(n.run(&["DBSIZE"]).await, int(0), "not even briefly counted");
+    n.run(&["SET", "j", "v"]).await;
+    assert_eq!(n.run(&["PEXPIREAT", "j", "1"]).await, int(1));
+    assert_eq!(n.run(&["DBSIZE"]).await, int(0));
+}
+
+#[tokio::test]
+async fn lookups_count_keyspace_hits_and_misses() {
+    let n = Node::new();
+    n.run(&["SET", "k", "v"]).await;
+    n.run(&["GET", "k"]).await;
+    n.run(&["MGET", "k", "nope"]).await;
+    n.run(&["EXISTS", "nope"]).await;
+    let info = n.ks.info();
+    assert_eq!((info.keyspace_hits, info.keyspace_misses), (2, 2));
+}
+
+#[tokio::test]
+async fn unknown_commands_get_the_redis_error() {
+    let n = Node::new();
+    assert_eq!(
+        n.run(&["FOOBAR", "a", "b"]).await,
+        err("ERR unknown command 'FOOBAR', with args beginning with: 'a' 'b' ")
+    );
+}

@@ -117,3 +117,79 @@ impl CompactionFilter for TombstoneGc {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::server::keyspace::deps::{ActorId, Payload};
+    use crate::server::keyspace::layout::{data_key, expiry_key, PartitionId};
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    fn encoded(set: &SiblingSet) -> Vec<u8> {
+        let mut out = Vec::new();
+        set.encode(&mut out);
+        out
+    }
+
+    #[test]
+    fn only_sets_dead_for_longer_than_the_grace_period_are_purged() {
+        let gc = TombstoneGc::new(Duration::from_millis(10 * DAY_MS));
+        let actor = ActorId(7);
+        let now = 100 * DAY_MS;
+
+        let mut deleted = SiblingSet::new();
+        deleted.overwrite(
+            actor,
+            Payload::Value(Bytes::from_static(b"v")),
+            None,
+            now - 30 * DAY_MS,
+        );
+        deleted.overwrite(actor, Payload::Tombstone, None, now - 11 * DAY_MS);
+        assert!(gc.purgeable(&deleted, now));
+        assert!(
+            !gc.purgeable(&deleted, now - 2 * DAY_MS),
+            "still in its grace period"
+        );
+
+        let mut live = SiblingSet::new();
+        live.overwrite(
+            actor,
+            Payload::Value(Bytes::from_static(b"v")),
+            None,
+            now - 30 * DAY_MS,
+        );
+        assert!(
+            !gc.purgeable(&live, now),
+            "a value without expiry never dies"
+        );
+
+        let mut expired = SiblingSet::new();
+        let deadline = Some(now - 12 * DAY_MS);
+        expired.overwrite(
+            actor,
+            Payload::Value(Bytes::from_static(b"v")),
+            deadline,
+            now - 20 * DAY_MS,
+        );
+        assert!(
+            gc.purgeable(&expired, now),
+            "expired long ago counts as dead"
+        );
+
+        assert!(!gc.purgeable(&SiblingSet::new(), now));
+    }
+
+    #[test]
+    fn the_filter_keeps_index_entries_and_undecodable_values() {
+        let gc = TombstoneGc::new(Duration::ZERO);
+        let mut deleted = SiblingSet::new();
+        deleted.overwrite(ActorId(1), Payload::Tombstone, None, 1);
+        let key = data_key(PartitionId(3), b"k");
+        assert_eq!(gc.filter(&key, &encoded(&deleted)), FilterDecision::Remove);
+        assert_eq!(gc.filter(&expiry_key(1, b"k"), b""), FilterDecision::Keep);
+        assert_eq!(gc.filter(&key, b"\xffgarbage"), FilterDecision::Keep);
+    }
+}

@@ -10,7 +10,8 @@ use super::deps::{LiveValues, Payload, SiblingSet};
 use super::glob;
 use super::layout::PartitionId;
 use super::number::parse_u64;
-use super::replica::{supersede, Change, Key};
+use super::replica::{supersede, Change, Key, Stored};
+use super::strings::count_lookup;
 use super::{Done, Shared};
 use crate::error::{Error, Result};
 use crate::protocol::Reply;
@@ -60,24 +61,24 @@ pub fn del(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 pub fn exists(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let mut count = 0;
     for key in &args[1..] {
-        if !matches!(
+        let found = !matches!(
             shared.replica.read_live(Key::new(key), now)?,
             LiveValues::Absent
-        ) {
-            count += 1;
-        }
+        );
+        count_lookup(shared, found);
+        count += i64::from(found);
     }
     Done::reply(Reply::Integer(count))
 }
 
 /// `TYPE key`: every value is a string.
 pub fn type_of(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
-    let live = shared.replica.read_live(Key::new(&args[1]), now)?;
-    let name = if !matches!(live, LiveValues::Absent) {
-        "string"
-    } else {
-        "none"
-    };
+    let found = !matches!(
+        shared.replica.read_live(Key::new(&args[1]), now)?,
+        LiveValues::Absent
+    );
+    count_lookup(shared, found);
+    let name = if found { "string" } else { "none" };
     Done::reply(Reply::Simple(name))
 }
 
@@ -100,8 +101,8 @@ pub fn keys(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let all = pattern == b"*";
     let prefix = glob::literal_prefix(pattern);
     for p in 0..replica.partitions() {
-        replica.scan_prefix(PartitionId(p as u16), prefix, |key, set| {
-            if (all || glob::matches(pattern, key)) && has_live(set, now) {
+        replica.scan_prefix(PartitionId(p as u16), prefix, now, |key, live| {
+            if live && (all || glob::matches(pattern, key)) {
                 found.push(Reply::Bulk(Bytes::copy_from_slice(key)));
             }
         })?;
@@ -159,15 +160,15 @@ pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         let want = count - examined;
         let batch = replica.scan_partition(partition, after.as_deref(), want)?;
         examined += batch.len();
-        for (key, set) in &batch {
-            let wanted = only_strings && pattern.is_none_or(|p| glob::matches(p, key));
-            if wanted && has_live(set, now) {
-                found.push(Reply::Bulk(key.clone()));
+        for stored in &batch {
+            let wanted = only_strings && pattern.is_none_or(|p| glob::matches(p, &stored.key));
+            if wanted && stored.is_live(now)? {
+                found.push(Reply::Bulk(stored.key.clone()));
             }
         }
         if batch.len() == want {
-            if let Some((last, _)) = batch.last() {
-                break shared.cursors.remember(partition, last.clone());
+            if let Some(last) = batch.last() {
+                break shared.cursors.remember(partition, last.key.clone());
             }
         }
         if u32::from(partition.0) + 1 >= q {
@@ -211,8 +212,8 @@ pub fn random_key(shared: &Shared, now: u64) -> Result<Done> {
         if candidates.is_empty() {
             candidates = replica.scan_partition(partition, None, 8)?;
         }
-        if let Some((key, _)) = candidates.iter().find(|(_, set)| has_live(set, now)) {
-            return Done::reply(Reply::Bulk(key.clone()));
+        if let Some(key) = first_live(&candidates, now)? {
+            return Done::reply(Reply::Bulk(key));
         }
     }
     for p in 0..q {
@@ -220,16 +221,25 @@ pub fn random_key(shared: &Shared, now: u64) -> Result<Done> {
         let mut after: Option<Bytes> = None;
         loop {
             let batch = replica.scan_partition(partition, after.as_deref(), WALK_BATCH)?;
-            if let Some((key, _)) = batch.iter().find(|(_, set)| has_live(set, now)) {
-                return Done::reply(Reply::Bulk(key.clone()));
+            if let Some(key) = first_live(&batch, now)? {
+                return Done::reply(Reply::Bulk(key));
             }
             match batch.last() {
-                Some((last, _)) if batch.len() == WALK_BATCH => after = Some(last.clone()),
+                Some(last) if batch.len() == WALK_BATCH => after = Some(last.key.clone()),
                 _ => break,
             }
         }
     }
     Done::reply(Reply::Null)
+}
+
+fn first_live(stored: &[Stored], now: u64) -> Result<Option<Bytes>> {
+    for entry in stored {
+        if entry.is_live(now)? {
+            return Ok(Some(entry.key.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// `DBSIZE`: the maintained key count, O(1).
@@ -261,8 +271,8 @@ pub fn flush(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         let mut after: Option<Bytes> = None;
         loop {
             let batch = replica.scan_partition(partition, after.as_deref(), WALK_BATCH)?;
-            for (key, _) in &batch {
-                let (_, wrote) = replica.update(Key::new(key), |set| match set {
+            for stored in &batch {
+                let (_, wrote) = replica.update(Key::new(&stored.key), |set| match set {
                     Some(set) if !set.is_only_tombstones() => {
                         let set = supersede(actor, Some(set), Payload::Tombstone, None, now);
                         Ok(((), Change::Put(set)))
@@ -272,7 +282,7 @@ pub fn flush(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
                 last_write = last_write.max(wrote);
             }
             match batch.last() {
-                Some((last, _)) if batch.len() == WALK_BATCH => after = Some(last.clone()),
+                Some(last) if batch.len() == WALK_BATCH => after = Some(last.key.clone()),
                 _ => break,
             }
         }

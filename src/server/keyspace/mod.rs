@@ -229,20 +229,72 @@ impl Keyspace {
     }
 
     /// Runs one data command. `args[0]` is the command name in any case; the
-    /// caller has checked the arity. Unknown names get Redis' error.
+    /// caller has checked the arity. Unknown names get Redis' error. Under
+    /// `fsync always` the reply comes once the command's write is on disk.
     pub async fn execute(&self, args: &[Bytes]) -> Reply {
+        match self.execute_unsynced(args).await {
+            (reply, None) => reply,
+            (reply, Some(seq)) => match self.wait_durable(seq).await {
+                Ok(()) => reply,
+                Err(e) => e.into(),
+            },
+        }
+    }
+
+    /// [`execute`](Self::execute) without the durability wait, for a caller
+    /// that answers a pipeline after one wait: the reply, and under `fsync
+    /// always` the write that must be durable (see
+    /// [`wait_durable`](Self::wait_durable)) before the reply may be sent.
+    /// Under `everysec` and `no` the second part is always `None`.
+    pub async fn execute_unsynced(&self, args: &[Bytes]) -> (Reply, Option<SeqNo>) {
+        match self.run(args).await {
+            Ok(done) if self.shared.fsync == FsyncPolicy::Always => (done.reply, done.wrote),
+            Ok(done) => (done.reply, None),
+            Err(e) => (e.into(), None),
+        }
+    }
+
+    /// Waits until every write up to `seq` is on disk (group commit: one
+    /// fsync serves all writers waiting meanwhile). Runs on a blocking thread.
+    pub async fn wait_durable(&self, seq: SeqNo) -> Result<()> {
+        let shared = self.shared.clone();
+        match tokio::task::spawn_blocking(move || shared.replica.wait_durable(seq)).await {
+            Ok(result) => result,
+            Err(e) => Err(Error::invalid(format!("durability wait failed: {e}"))),
+        }
+    }
+
+    /// The fsync policy the engine was opened with.
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.shared.fsync
+    }
+
+    /// `CONFIG SET appendfsync`: the engine fixes its policy when it opens,
+    /// so only the current policy is accepted; another one is refused with
+    /// an error saying to restart with `--fsync`.
+    pub fn set_fsync(&self, policy: FsyncPolicy) -> Result<()> {
+        if policy == self.shared.fsync {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "the fsync policy is fixed while the node runs (now '{}'); restart with --fsync {policy}",
+            self.shared.fsync
+        )))
+    }
+
+    async fn run(&self, args: &[Bytes]) -> Result<Done> {
         let Some(name) = args.first() else {
-            return Reply::err("empty command");
+            return Err(Error::invalid("empty command"));
         };
         if self.shared.closed.load(Ordering::Acquire) {
-            return Error::Closed("keyspace").into();
+            return Err(Error::Closed("keyspace"));
         }
         let mut lower = [0u8; 16];
         let name_lower = match lowercase(name, &mut lower) {
             Some(n) => n,
-            None => return unknown_command(name, args),
+            None => return Err(unknown_command(name, args)),
         };
-        let result = match name_lower {
+        match name_lower {
             // These read or rewrite many keys: keep them off the async threads.
             "keys" | "scan" | "randomkey" | "flushall" | "flushdb" => {
                 let shared = self.shared.clone();
@@ -254,25 +306,7 @@ impl Keyspace {
                 }
             }
             _ => dispatch(&self.shared, name_lower, args),
-        };
-        match result {
-            Ok(done) => self.finish(done).await,
-            Err(e) => e.into(),
         }
-    }
-
-    /// Waits, if the fsync policy asks for it, until the command's write is
-    /// durable, then hands back its reply.
-    async fn finish(&self, done: Done) -> Reply {
-        if let (Some(seq), FsyncPolicy::Always) = (done.wrote, self.shared.fsync) {
-            let shared = self.shared.clone();
-            match tokio::task::spawn_blocking(move || shared.replica.wait_durable(seq)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return e.into(),
-                Err(e) => return Reply::err(format!("durability wait failed: {e}")),
-            }
-        }
-        done.reply
     }
 
     /// Starts the active expiry task; it ends when [`Keyspace::close`] is
@@ -321,6 +355,13 @@ impl Keyspace {
             partitions: replica.partitions(),
             engine: replica.engine().stats(),
         }
+    }
+
+    /// The store of sibling sets underneath, for the cluster layer
+    /// (replication, read repair, handoff and anti-entropy go through
+    /// [`Replica::merge_remote`] and [`Replica::scan_partition`]).
+    pub fn replica(&self) -> &Replica {
+        &self.shared.replica
     }
 
     /// This node's clock actor (incarnation id).
@@ -380,10 +421,7 @@ fn dispatch(shared: &Shared, name: &str, args: &[Bytes]) -> Result<Done> {
         "persist" => ttl::persist(shared, args, now),
         "vclock" => versions::vclock(shared, args, now),
         "resolve" => versions::resolve(shared, args, now),
-        _ => Ok(Done {
-            reply: unknown_command(&args[0], args),
-            wrote: None,
-        }),
+        _ => Err(unknown_command(&args[0], args)),
     }
 }
 
@@ -431,14 +469,14 @@ pub const COMMANDS: &[&str] = &[
 ];
 
 /// Redis' unknown-command error, arguments quoted as Redis quotes them.
-fn unknown_command(name: &[u8], args: &[Bytes]) -> Reply {
+fn unknown_command(name: &[u8], args: &[Bytes]) -> Error {
     let mut shown = String::new();
     for arg in args.iter().skip(1) {
         shown.push('\'');
         shown.push_str(&String::from_utf8_lossy(&arg[..arg.len().min(128)]));
         shown.push_str("' ");
     }
-    Reply::err(format!(
+    Error::invalid(format!(
         "unknown command '{}', with args beginning with: {shown}",
         String::from_utf8_lossy(&name[..name.len().min(128)])
     ))

@@ -354,14 +354,14 @@ impl Replica {
         stripes.into_iter().map(|s| self.locks[s].lock()).collect()
     }
 
-    /// Up to `limit` entries of the data space starting at `from` (within
-    /// `partition` only), as (user key, set).
+    /// Up to `limit` stored keys of `partition`, in key order, strictly
+    /// after `after` (or from the partition's start).
     pub fn scan_partition(
         &self,
         partition: PartitionId,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Bytes, SiblingSet)>> {
+    ) -> Result<Vec<Stored>> {
         let prefix = partition.prefix();
         let start_key;
         let start = match after {
@@ -385,24 +385,28 @@ impl Replica {
             let Some(user_key) = layout::user_key(&engine_key) else {
                 break;
             };
-            let set = decode(&engine_key, &value)?;
-            out.push((Bytes::copy_from_slice(user_key), set));
+            out.push(Stored {
+                key: Bytes::copy_from_slice(user_key),
+                value,
+            });
         }
         Ok(out)
     }
 
-    /// Every (user key, set) of `partition` whose user key starts with `prefix`.
+    /// Visits every stored key of `partition` that starts with `prefix`, in
+    /// key order, with whether it is live at `now_ms`.
     pub fn scan_prefix(
         &self,
         partition: PartitionId,
         prefix: &[u8],
-        mut visit: impl FnMut(&[u8], &SiblingSet),
+        now_ms: u64,
+        mut visit: impl FnMut(&[u8], bool),
     ) -> Result<()> {
         let engine_prefix = layout::data_key(partition, prefix);
         for entry in self.engine.scan_prefix(&engine_prefix)? {
             let (engine_key, value) = entry?;
             if let Some(user_key) = layout::user_key(&engine_key) {
-                visit(user_key, &decode(&engine_key, &value)?);
+                visit(user_key, is_live(&engine_key, &value, now_ms)?);
             }
         }
         Ok(())
@@ -464,6 +468,42 @@ fn stripe(key: Key<'_>) -> usize {
     (key.hash as usize) % LOCK_STRIPES
 }
 
+/// A stored key and its encoded set, as scans return them.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub key: Bytes,
+    value: Bytes,
+}
+
+impl Stored {
+    /// Whether a read at `now_ms` sees a value (decoded without building
+    /// the set).
+    /// The stored set itself (for streaming a partition to another node).
+    pub fn decode(&self) -> Result<SiblingSet> {
+        SiblingSet::decode_shared(&self.value)
+            .map_err(|e| corrupt_user_key(&self.key, e.to_string()))
+    }
+
+    /// The encoded set as stored (format of [`crate::version::codec`]).
+    pub fn encoded(&self) -> &Bytes {
+        &self.value
+    }
+
+    pub fn is_live(&self, now_ms: u64) -> Result<bool> {
+        match decode_live_values(&self.value, now_ms) {
+            Ok(live) => Ok(!matches!(live, LiveValues::Absent)),
+            Err(e) => Err(corrupt_user_key(&self.key, e.to_string())),
+        }
+    }
+}
+
+fn is_live(engine_key: &[u8], value: &Bytes, now_ms: u64) -> Result<bool> {
+    match decode_live_values(value, now_ms) {
+        Ok(live) => Ok(!matches!(live, LiveValues::Absent)),
+        Err(e) => Err(corrupt(engine_key, e.to_string())),
+    }
+}
+
 /// Whether a write is held to the sibling bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Limits {
@@ -479,7 +519,11 @@ fn decode(engine_key: &[u8], value: &Bytes) -> Result<SiblingSet> {
 
 /// A stored set that does not decode: reported with its key, never skipped.
 fn corrupt(engine_key: &[u8], detail: String) -> Error {
-    let key = String::from_utf8_lossy(layout::user_key(engine_key).unwrap_or(engine_key));
+    corrupt_user_key(layout::user_key(engine_key).unwrap_or(engine_key), detail)
+}
+
+fn corrupt_user_key(user_key: &[u8], detail: String) -> Error {
+    let key = String::from_utf8_lossy(user_key);
     Error::corruption(format!("sibling set of key {key:?}"), 0, detail)
 }
 

@@ -41,12 +41,23 @@ pub fn single(set: Option<&SiblingSet>, now: u64) -> Result<Option<&Version>> {
     }
 }
 
-fn count_lookup(shared: &Shared, found: bool) {
+/// Counts a read in `keyspace_hits`/`keyspace_misses`, as Redis does for
+/// every command that looks a key up.
+pub fn count_lookup(shared: &Shared, found: bool) {
     let counters = &shared.replica.counters;
     if found {
         counters.hits.fetch_add(1, Ordering::Relaxed);
     } else {
         counters.misses.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The payload of a write with deadline `expires`: a deadline already
+/// passed deletes the key instead, as Redis does (`SET k v EXAT <past>`).
+fn value_until(value: Bytes, expires: Option<u64>, now: u64) -> Payload {
+    match expires {
+        Some(deadline) if deadline <= now => Payload::Tombstone,
+        _ => Payload::Value(value),
     }
 }
 
@@ -104,7 +115,7 @@ pub fn set(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         if !proceed {
             return Ok((reply, Change::Keep));
         }
-        let set = supersede(actor, set, Payload::Value(value), expires, now);
+        let set = supersede(actor, set, value_until(value, expires, now), expires, now);
         Ok((reply, Change::Put(set)))
     })?;
     Done::wrote(reply, wrote)
@@ -135,7 +146,13 @@ pub fn setex(shared: &Shared, args: &[Bytes], now: u64, kind: ExpireKind) -> Res
     let actor = shared.replica.actor();
     let value = args[3].clone();
     let (_, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
-        let set = supersede(actor, set, Payload::Value(value), Some(deadline), now);
+        let set = supersede(
+            actor,
+            set,
+            value_until(value, Some(deadline), now),
+            Some(deadline),
+            now,
+        );
         Ok(((), Change::Put(set)))
     })?;
     Done::wrote(Reply::OK, wrote)
@@ -321,7 +338,9 @@ pub fn append(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 /// `STRLEN key`
 pub fn strlen(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let set = shared.replica.read(Key::new(&args[1]))?;
-    let len = single(set.as_ref(), now)?.map_or(0, |v| value_of(v).len());
+    let len = single(set.as_ref(), now)?.map(|v| value_of(v).len());
+    count_lookup(shared, len.is_some());
+    let len = len.unwrap_or(0);
     Done::reply(Reply::Integer(len as i64))
 }
 

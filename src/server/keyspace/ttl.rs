@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::args::{int_arg, is, now_as_i64};
 use super::deps::{Payload, SiblingSet};
 use super::replica::{live, supersede, value_of, Change, Key};
-use super::strings::single;
+use super::strings::{count_lookup, single};
 use super::{Done, Shared};
 use crate::error::{Error, Result};
 use crate::protocol::Reply;
@@ -134,7 +134,9 @@ fn key_deadline(set: Option<&SiblingSet>, now: u64) -> std::result::Result<Optio
 /// one without expiry. Seconds are rounded to nearest, as Redis does.
 pub fn ttl(shared: &Shared, args: &[Bytes], now: u64, show: Show, unit_ms: u64) -> Result<Done> {
     let set = shared.replica.read(Key::new(&args[1]))?;
-    let answer = match key_deadline(set.as_ref(), now) {
+    let deadline = key_deadline(set.as_ref(), now);
+    count_lookup(shared, deadline.is_ok());
+    let answer = match deadline {
         Err(code) => code,
         Ok(None) => -1,
         Ok(Some(deadline)) => {
