@@ -29,13 +29,16 @@ use tracing::{debug, warn};
 
 use super::clients::Registration;
 use super::dispatch::{self, Flow, Session};
-use super::protocol_standin::{encode, RequestParser};
 use super::Shared;
+use crate::protocol::{encode, Limits, RequestParser};
+use crate::storage::SeqNo;
 
 /// Initial size of, and the free space kept in, the input buffer.
 const READ_CHUNK: usize = 16 * 1024;
 /// How long a write to a client that does not read may delay a shutdown.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+/// Most bytes reserved ahead for a bulk argument still arriving.
+const MAX_READ_AHEAD: usize = 4 * 1024 * 1024;
 /// Initial size of the output buffer.
 const WRITE_CHUNK: usize = 16 * 1024;
 
@@ -90,6 +93,9 @@ struct Connection {
     parser: RequestParser,
     input: BytesMut,
     output: BytesMut,
+    /// Under `fsync always`: the newest write whose reply is in `output` and
+    /// must be on disk before `output` is sent.
+    pending_durable: Option<SeqNo>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -98,7 +104,8 @@ impl Connection {
         let mut session = Session::new(registration.info.id, shared.live.requirepass_is_set());
         session.max_bulk_len = shared.live.proto_max_bulk_len();
         let shutdown = shared.shutdown.subscribe();
-        let parser = RequestParser::new(session.max_bulk_len);
+        let mut parser = parser_for(session.max_bulk_len);
+        parser.set_unauthenticated(!session.authenticated);
         Connection {
             stream,
             shared,
@@ -107,6 +114,7 @@ impl Connection {
             parser,
             input: BytesMut::with_capacity(READ_CHUNK),
             output: BytesMut::with_capacity(WRITE_CHUNK),
+            pending_durable: None,
             shutdown,
         }
     }
@@ -118,8 +126,14 @@ impl Connection {
             if flow != Flow::Continue {
                 return Ok(());
             }
-            if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
-                self.input.reserve(READ_CHUNK);
+            // Room for the next read: a chunk, or more when a large bulk
+            // argument is on its way (capped: the length is only declared).
+            let wanted = self
+                .parser
+                .bulk_bytes_wanted(&self.input)
+                .clamp(READ_CHUNK / 4, MAX_READ_AHEAD);
+            if self.input.capacity() - self.input.len() < wanted {
+                self.input.reserve(wanted.max(READ_CHUNK));
             }
             let idle_limit = self.shared.live.timeout_secs();
             let read = tokio::select! {
@@ -160,23 +174,28 @@ impl Connection {
                     break Flow::Close;
                 }
             };
-            if request.is_empty() {
-                continue;
-            }
             executed += 1;
-            let (reply, flow, name) = dispatch::execute(
+            let was_authenticated = self.session.authenticated;
+            let outcome = dispatch::execute(
                 &self.shared,
                 &mut self.session,
                 &self.registration.info,
-                &request,
+                request.args(),
             )
             .await;
-            last_cmd = name;
-            if let Some(reply) = reply {
-                encode(&reply, self.session.protocol, &mut self.output);
+            self.parser.recycle(request);
+            last_cmd = outcome.name;
+            if let Some(reply) = &outcome.reply {
+                encode(reply, self.session.protocol, &mut self.output);
             }
-            if flow != Flow::Continue {
-                break flow;
+            if outcome.wrote.is_some() {
+                self.pending_durable = self.pending_durable.max(outcome.wrote);
+            }
+            if self.session.authenticated != was_authenticated {
+                self.parser.set_unauthenticated(!self.session.authenticated);
+            }
+            if outcome.flow != Flow::Continue {
+                break outcome.flow;
             }
             if self.output.len() >= limit {
                 self.flush().await?;
@@ -188,8 +207,10 @@ impl Connection {
                 .total_commands_processed
                 .fetch_add(executed, Relaxed);
             self.registration.info.touch(Instant::now(), last_cmd);
-            if self.session.max_bulk_len_changed(&self.shared) {
-                self.parser.set_max_bulk_len(self.session.max_bulk_len);
+            // A new proto-max-bulk-len applies from the next request on.
+            if !self.parser.in_progress() && self.session.max_bulk_len_changed(&self.shared) {
+                self.parser = parser_for(self.session.max_bulk_len);
+                self.parser.set_unauthenticated(!self.session.authenticated);
             }
         }
         Ok(flow)
@@ -198,6 +219,16 @@ impl Connection {
     async fn flush(&mut self) -> std::io::Result<()> {
         if self.output.is_empty() {
             return Ok(());
+        }
+        // One durability wait for every write of the batch (group commit).
+        // If it fails, the replies must not go out: they would acknowledge
+        // writes that may be lost. Closing tells the client nothing was.
+        if let Some(seq) = self.pending_durable.take() {
+            if let Err(e) = self.shared.keyspace.wait_durable(seq).await {
+                warn!(id = self.session.id.0, error = %e, "fsync failed; closing client without acknowledging");
+                self.output.clear();
+                return Err(std::io::Error::other(e.to_string()));
+            }
         }
         // A client that stopped reading must not hold up a shutdown forever:
         // once shutdown is asked for, its write gets a grace period.
@@ -222,6 +253,14 @@ impl Connection {
         self.output.clear();
         Ok(())
     }
+}
+
+/// A request parser with Redis' limits and `max_bulk_len`.
+fn parser_for(max_bulk_len: u64) -> RequestParser {
+    RequestParser::new(Limits {
+        max_bulk_len: usize::try_from(max_bulk_len).unwrap_or(usize::MAX),
+        ..Limits::default()
+    })
 }
 
 /// Reads once; `None` when the client stayed idle for `idle_secs` (0 = never).

@@ -12,9 +12,10 @@ use bytes::Bytes;
 
 use super::clients::{ClientId, ClientInfo};
 use super::commands::{self, table};
-use super::protocol_standin::ProtocolVersion;
 use super::Shared;
+use crate::protocol::ProtocolVersion;
 use crate::protocol::Reply;
+use crate::storage::SeqNo;
 
 /// What the connection does after a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,17 +67,39 @@ pub struct Ctx<'a> {
     pub client: &'a ClientInfo,
 }
 
-/// Executes one command. Returns the reply (None when the connection closes
-/// without one, as after `SHUTDOWN`), what to do next, and the command's full
-/// name for `CLIENT LIST` (empty for an unknown command).
+/// What executing one command produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The reply; None when the connection closes without one (`SHUTDOWN`).
+    pub reply: Option<Reply>,
+    pub flow: Flow,
+    /// The command's full name for `CLIENT LIST` (empty if unknown).
+    pub name: &'static str,
+    /// Under `fsync always`, the write that must be durable before the reply
+    /// is sent (the connection waits once per batch).
+    pub wrote: Option<SeqNo>,
+}
+
+impl Outcome {
+    fn reply(reply: Reply, name: &'static str) -> Outcome {
+        Outcome {
+            reply: Some(reply),
+            flow: Flow::Continue,
+            name,
+            wrote: None,
+        }
+    }
+}
+
+/// Executes one command.
 pub async fn execute(
     shared: &Shared,
     session: &mut Session,
     client: &ClientInfo,
     args: &[Bytes],
-) -> (Option<Reply>, Flow, &'static str) {
+) -> Outcome {
     let Some(mut spec) = table::lookup(&args[0]) else {
-        return (Some(unknown_command(args)), Flow::Continue, "");
+        return Outcome::reply(unknown_command(args), "");
     };
     if !spec.subcommands.is_empty() && args.len() >= 2 {
         match spec.subcommand(&args[1]) {
@@ -87,7 +110,7 @@ pub async fn execute(
                     sanitize(&args[1], 128),
                     spec.name.to_ascii_uppercase()
                 ));
-                return (Some(reply), Flow::Continue, spec.name);
+                return Outcome::reply(reply, spec.name);
             }
         }
     }
@@ -96,19 +119,23 @@ pub async fn execute(
             "wrong number of arguments for '{}' command",
             spec.name
         ));
-        return (Some(reply), Flow::Continue, spec.name);
+        return Outcome::reply(reply, spec.name);
     }
     if !session.authenticated && !spec.has(table::flag::NO_AUTH) {
-        return (
-            Some(Reply::Error("NOAUTH Authentication required.".into())),
-            Flow::Continue,
+        return Outcome::reply(
+            Reply::Error("NOAUTH Authentication required.".into()),
             spec.name,
         );
     }
     match spec.handler {
         table::Handler::Data => {
-            let reply = shared.keyspace.execute(args).await;
-            (Some(reply), Flow::Continue, spec.name)
+            let (reply, wrote) = shared.keyspace.execute_unsynced(args).await;
+            Outcome {
+                reply: Some(reply),
+                flow: Flow::Continue,
+                name: spec.name,
+                wrote,
+            }
         }
         table::Handler::Server(cmd) => {
             let mut ctx = Ctx {
@@ -117,20 +144,19 @@ pub async fn execute(
                 client,
             };
             let (reply, flow) = commands::run(cmd, &mut ctx, args);
-            (reply, flow, spec.name)
+            Outcome {
+                reply,
+                flow,
+                name: spec.name,
+                wrote: None,
+            }
         }
-        table::Handler::Container => {
-            // A container's arity requires a subcommand, so lookup found one
-            // or answered above; reaching here means the table is wrong.
-            (
-                Some(Reply::err(format!(
-                    "unknown subcommand for '{}'",
-                    spec.name
-                ))),
-                Flow::Continue,
-                spec.name,
-            )
-        }
+        // A container's arity requires a subcommand, so the lookup above
+        // found one or answered; reaching here means the table is wrong.
+        table::Handler::Container => Outcome::reply(
+            Reply::err(format!("unknown subcommand for '{}'", spec.name)),
+            spec.name,
+        ),
     }
 }
 

@@ -42,7 +42,6 @@ pub mod connection;
 pub mod dispatch;
 pub mod glob;
 pub mod keyspace;
-pub(crate) mod protocol_standin;
 pub mod stats;
 
 use std::net::SocketAddr;

@@ -9,11 +9,11 @@
 //! `CONFIG SET` takes several `parameter value` pairs and applies all of them
 //! or none, as Redis 7 does: every value is checked before any is applied.
 //! Settable: `maxclients`, `requirepass`, `proto-max-bulk-len`, `timeout`,
-//! `client-output-buffer-limit`. The rest are read-only; setting one is
-//! refused with Redis' "immutable config" error. `appendfsync` is among them
-//! because the storage engine fixes its fsync policy when it opens (restart
-//! with `--fsync` to change it). `CONFIG SET` does not rewrite the config
-//! file.
+//! `client-output-buffer-limit`; `appendfsync` only to its current value,
+//! because the storage engine fixes its fsync policy when it opens (the error
+//! says to restart with `--fsync`). The rest are read-only; setting one is
+//! refused with Redis' "immutable config" error. `CONFIG SET` does not
+//! rewrite the config file.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -112,6 +112,8 @@ enum Setting {
     OutputBufferLimit(u64),
     Timeout(u64),
     RequirePass(Option<String>),
+    /// Checked against the keyspace before anything is applied.
+    Fsync(FsyncPolicy),
 }
 
 fn text(v: &[u8]) -> Result<&str, String> {
@@ -135,6 +137,13 @@ fn size(v: &[u8], min: u64, what: &str) -> Result<u64, String> {
     Ok(n)
 }
 
+fn fsync_setting(v: &[u8]) -> Result<Setting, String> {
+    text(v)?
+        .parse()
+        .map(Setting::Fsync)
+        .map_err(|_| "argument(s) must be one of the following: always, everysec, no".to_string())
+}
+
 static PARAMS: &[Param] = &[
     Param {
         name: "port",
@@ -156,16 +165,17 @@ static PARAMS: &[Param] = &[
         },
         set: None,
     },
-    // Read-only: the storage engine takes its fsync policy when it opens.
+    // The storage engine takes its fsync policy when it opens: setting the
+    // current policy succeeds, another one is refused by the keyspace.
     Param {
         name: "appendfsync",
         get: |c| c.shared.live.fsync().to_string(),
-        set: None,
+        set: Some(fsync_setting),
     },
     Param {
         name: "fsync",
         get: |c| c.shared.live.fsync().to_string(),
-        set: None,
+        set: Some(fsync_setting),
     },
     Param {
         name: "appendonly",
@@ -298,6 +308,13 @@ pub fn config_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Reply {
             ));
         };
         match check(value) {
+            Ok(Setting::Fsync(policy)) => {
+                if let Err(e) = ctx.shared.keyspace.set_fsync(policy) {
+                    return Reply::err(format!(
+                        "CONFIG SET failed (possibly related to argument '{shown}') - {e}"
+                    ));
+                }
+            }
             Ok(s) => settings.push(s),
             Err(why) => {
                 return Reply::err(format!(
@@ -314,6 +331,7 @@ pub fn config_set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Reply {
             Setting::OutputBufferLimit(n) => live.output_buffer_limit.store(n, Relaxed),
             Setting::Timeout(n) => live.timeout.store(n, Relaxed),
             Setting::RequirePass(p) => *live.requirepass.write() = p,
+            Setting::Fsync(_) => {}
         }
     }
     Reply::OK

@@ -13,9 +13,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::parse_i64;
+use crate::protocol::ProtocolVersion;
 use crate::protocol::Reply;
 use crate::server::dispatch::Ctx;
-use crate::server::protocol_standin::ProtocolVersion;
 use crate::server::REDIS_COMPAT_VERSION;
 
 /// `CLIENT HELP`.
