@@ -194,3 +194,24 @@ fn idle_clients_are_closed_after_timeout() {
         "{waited:?}"
     );
 }
+
+#[test]
+fn unauthenticated_clients_get_redis_7_small_request_limits() {
+    let server = TestServer::with_config(|c| c.requirepass = Some("pw".into()));
+    let mut raw = server.raw();
+    raw.send(b"*2\r\n$4\r\nECHO\r\n$5000\r\n").unwrap();
+    assert_eq!(
+        raw.read().unwrap(),
+        Resp::Error("ERR Protocol error: unauthenticated bulk length".into())
+    );
+    assert!(raw.is_closed());
+
+    // Once authenticated, even in the same pipeline, the normal limits apply.
+    let mut raw = server.raw();
+    let big = vec![b'y'; 5000];
+    let mut bytes = multibulk(&[b"AUTH", b"pw"]);
+    bytes.extend_from_slice(&multibulk(&[b"ECHO", &big]));
+    raw.send(&bytes).unwrap();
+    assert_eq!(raw.read().unwrap(), Resp::Simple("OK".into()));
+    assert_eq!(raw.read().unwrap(), Resp::Bulk(big));
+}
