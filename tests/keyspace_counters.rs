@@ -97,10 +97,17 @@ proptest! {
                 other => panic!("KEYS answered {other:?}"),
             };
             ks.close().expect("close");
+            // A clean close saved the counts: the next open takes them.
+            let reopened = Keyspace::open(dir.path(), KeyspaceOptions::default()).expect("reopen");
+            let saved = counts(&reopened);
+            reopened.close().expect("close");
+            // Without the saved counts the open recounts from the data.
+            std::fs::remove_file(dir.path().join("COUNTS")).expect("saved counts exist");
             let reopened = Keyspace::open(dir.path(), KeyspaceOptions::default()).expect("reopen");
             let recount = counts(&reopened);
             reopened.close().expect("close");
             assert_eq!(live, recount, "maintained counters drifted from the data");
+            assert_eq!(live, saved, "saved counters differ");
             assert_eq!(dbsize, Reply::Integer(live.0 as i64));
             // No key here expires during the test, so DBSIZE equals KEYS *.
             assert_eq!(keys, live.0);

@@ -111,3 +111,37 @@ async fn concurrent_increments_are_never_lost_or_duplicated() {
     assert_eq!(ks.info().keys_with_siblings, 0);
     ks.close().expect("close");
 }
+
+#[tokio::test]
+async fn compaction_purges_tombstones_past_the_grace_period_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = KeyspaceOptions {
+        tombstone_grace: Duration::from_millis(50),
+        ..KeyspaceOptions::default()
+    };
+    let ks = Keyspace::open(dir.path(), opts).expect("open");
+    for key in ["old", "young", "kept"] {
+        ks.execute(&args(&["SET", key, "v"])).await;
+    }
+    ks.execute(&args(&["DEL", "old"])).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    ks.execute(&args(&["DEL", "young"])).await;
+    let engine = ks.replica().engine().clone();
+    tokio::task::spawn_blocking(move || {
+        engine.flush().expect("flush");
+        engine.compact().expect("compact");
+    })
+    .await
+    .expect("compaction");
+    assert_eq!(ks.execute(&args(&["VCLOCK", "old"])).await, Reply::Null);
+    assert!(matches!(
+        ks.execute(&args(&["VCLOCK", "young"])).await,
+        Reply::Bulk(_)
+    ));
+    assert_eq!(
+        ks.execute(&args(&["GET", "kept"])).await,
+        Reply::Bulk(Bytes::from_static(b"v"))
+    );
+    assert_eq!(ks.execute(&args(&["DBSIZE"])).await, Reply::Integer(1));
+    ks.close().expect("close");
+}

@@ -28,12 +28,14 @@
 //!
 //! `DEL` writes a tombstone version (DESIGN.md §3), so a deleted key keeps a
 //! small record with its clock. [`TombstoneGc`] is the compaction filter the
-//! keyspace gives the engine: it drops a set whose every version has been dead
-//! (a tombstone since it was written, an expired value since its deadline)
-//! for longer than the grace period (default 10 days, like Cassandra's
-//! `gc_grace`). That is safe on a single node; the cluster adds the condition
-//! that every replica of the partition has the tombstone, otherwise
-//! anti-entropy could bring the deleted value back.
+//! keyspace gives the engine: it drops a set made only of tombstones once the
+//! newest of them is older than the grace period (default 10 days, like
+//! Cassandra's `gc_grace`). Expired values are not its business: active
+//! expiry turns them into tombstones first, so a set the filter drops never
+//! counted in `DBSIZE` and never had an expiry-index entry, and the
+//! maintained counters stay exact. That is safe on a single node; the
+//! cluster adds the condition that every replica of the partition has the
+//! tombstone, otherwise anti-entropy could bring the deleted value back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,15 +95,11 @@ impl TombstoneGc {
         })
     }
 
-    /// Whether `set` may be dropped at `now_ms`: something is stored and all
-    /// of it died more than the grace period ago.
+    /// Whether `set` may be dropped at `now_ms`: it holds only tombstones,
+    /// all written more than the grace period ago.
     pub fn purgeable(&self, set: &SiblingSet, now_ms: u64) -> bool {
         let cutoff = now_ms.saturating_sub(self.grace_ms);
-        !set.is_empty()
-            && set
-                .versions()
-                .iter()
-                .all(|v| v.dead_since_ms().is_some_and(|since| since < cutoff))
+        set.is_only_tombstones() && set.versions().iter().all(|v| v.written_at_ms < cutoff)
     }
 }
 
@@ -175,8 +173,8 @@ mod tests {
             now - 20 * DAY_MS,
         );
         assert!(
-            gc.purgeable(&expired, now),
-            "expired long ago counts as dead"
+            !gc.purgeable(&expired, now),
+            "expired values are tombstoned by active expiry first"
         );
 
         assert!(!gc.purgeable(&SiblingSet::new(), now));

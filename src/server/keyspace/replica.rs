@@ -19,7 +19,9 @@
 //! The replica also keeps the exact counters `DBSIZE` and `INFO keyspace` need
 //! (keys, keys with an expiry, keys with siblings). Each write knows the key's
 //! facts before and after, so the counters move by the exact difference under
-//! the key's lock; they are computed once at open by a scan of the data. A
+//! the key's lock. At open they come from the counts saved at the last clean
+//! close if the data is exactly what was counted ([`super::counts`]), and
+//! otherwise from a scan of the data. A
 //! "key" here is a stored set holding at least one value version, expired or
 //! not: like Redis, `DBSIZE` counts an expired key until it is reclaimed
 //! (active expiry does that within about 100 ms of its deadline).
@@ -31,6 +33,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 
+use super::counts::Counts;
 use super::deps::{
     decode_live_values, ActorId, Engine, LiveValues, Payload, SiblingLimits, SiblingPressure,
     SiblingSet, Version, WriteBatch,
@@ -144,11 +147,14 @@ impl<'a> Key<'a> {
 
 impl Replica {
     /// Wraps an open engine and counts what it holds (one scan of the data).
+    /// Wraps an open engine. `known` are counts saved at a clean close for
+    /// exactly this data; without them the data is scanned and counted.
     pub fn open(
         engine: Arc<Engine>,
         actor: ActorId,
         partitions: u32,
         limits: SiblingLimits,
+        known: Option<Counts>,
     ) -> Result<Replica> {
         limits.validate()?;
         let locks = (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect();
@@ -160,6 +166,14 @@ impl Replica {
             locks,
             counters: Counters::default(),
         };
+        if let Some(known) = known {
+            let c = &replica.counters;
+            let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            c.keys.store(signed(known.keys), Ordering::Relaxed);
+            c.expires.store(signed(known.expires), Ordering::Relaxed);
+            c.siblings.store(signed(known.siblings), Ordering::Relaxed);
+            return Ok(replica);
+        }
         let (start, end) = layout::data_range();
         for entry in replica.engine.scan(start, end)? {
             let (engine_key, value) = entry?;
@@ -292,6 +306,27 @@ impl Replica {
             self.counters.apply(before, after);
         }
         Ok((result, Some(seq)))
+    }
+
+    /// The current counts.
+    pub fn counts(&self) -> Counts {
+        let c = &self.counters;
+        let count = |v: &AtomicI64| u64::try_from(v.load(Ordering::Relaxed)).unwrap_or(0);
+        Counts {
+            keys: count(&c.keys),
+            expires: count(&c.expires),
+            siblings: count(&c.siblings),
+        }
+    }
+
+    /// Closes the engine with every key lock held, so that no write is in
+    /// flight, and returns the counts and the engine's last sequence number
+    /// at that moment (what [`Counts::save`] records). Writes attempted
+    /// afterwards fail: the engine is closed.
+    pub fn close(&self) -> Result<(Counts, SeqNo)> {
+        let _all: Vec<MutexGuard<'_, ()>> = self.locks.iter().map(|l| l.lock()).collect();
+        self.engine.close()?;
+        Ok((self.counts(), SeqNo(self.engine.stats().last_seq)))
     }
 
     /// Blocks until the write `seq` is on disk (for `fsync always`).
