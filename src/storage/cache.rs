@@ -19,9 +19,9 @@
 //!   block index and bloom filter resident and registers their size with the
 //!   cache ([`BlockCache::pin`]); the room left for blocks is
 //!   `capacity - pinned`. So the engine's read-side memory is bounded by the
-//!   one capacity it configures, as long as the pinned part fits (about 2.5
-//!   bytes per key with 10 filter bits per key and ~35 entries per 4 KiB
-//!   block; see the `sstable` module doc). When pinned memory exceeds the
+//!   one capacity it configures, as long as the pinned part fits (about 2.8
+//!   bytes per key with 10 filter bits per key, 16-byte keys and 4 KiB
+//!   blocks; see the `sstable` module doc). When pinned memory exceeds the
 //!   capacity, the cache holds no blocks and [`CacheStats::pinned_bytes`] shows
 //!   why.
 //! - **Read counters live here** ([`BlockCache::read_stats`]): one cache per

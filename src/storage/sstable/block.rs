@@ -169,14 +169,22 @@ impl Block {
         })
     }
 
+    /// The entry's value as an owned `Entry`.
+    ///
+    /// A value that fills at least half its block shares the block's buffer
+    /// (no copy of a large value); a smaller one is copied, so that a value
+    /// the caller keeps never pins a whole block outside the cache's
+    /// accounting (a 100-byte value would otherwise hold 4 KiB).
     fn entry_value(&self, raw: &RawEntry<'_>) -> (SeqNo, Entry) {
         let entry = if raw.kind == KIND_TOMBSTONE {
             Entry::Tombstone
         } else {
-            Entry::Value(
-                self.data
-                    .slice(raw.value_start..raw.value_start + raw.value_len),
-            )
+            let range = raw.value_start..raw.value_start + raw.value_len;
+            if 2 * raw.value_len >= self.data.len() {
+                Entry::Value(self.data.slice(range))
+            } else {
+                Entry::Value(Bytes::copy_from_slice(&self.data[range]))
+            }
         };
         (SeqNo(raw.seq), entry)
     }

@@ -116,13 +116,18 @@
 //! Resident per open table ([`SsTable::memory_bytes`]): the filter,
 //! `bloom_bits_per_key / 8` bytes per key (1.25 B at the default 10), plus
 //! the index: the raw index block (the last key of each block + ~6 bytes of
-//! varints) and a 24-byte decoded handle per block. With 16-byte keys,
-//! 100-byte values and 4 KiB blocks (~33 entries per block) that is about
-//! 1.25 + 46/33 ≈ 2.7 bytes per key, ~27 MB for 10M keys. Both are charged
-//! against the shared block cache's capacity (see
-//! [`crate::storage::cache`]), so one configured number bounds the engine's
-//! read-side memory. A builder holds its current block, the encoded index and
-//! 8 bytes per key of filter hashes until `finish`.
+//! varints) and a 32-byte decoded entry per block (handle, key range, 8-byte
+//! key prefix). With 16-byte keys, 100-byte values and 4 KiB blocks (~33
+//! entries per block) that is about 1.25 + 54/33 ≈ 2.9 bytes per key;
+//! measured: 27.3 MB for 10M keys (2.8 B/key). Both are charged against the
+//! shared block cache's capacity (see [`crate::storage::cache`]), so one
+//! configured number bounds the engine's read-side memory as long as the
+//! resident part fits in it: a 64 MiB cache covers ~23M such keys. Past that,
+//! resident memory still grows with the data (index and filter are never
+//! evicted; RocksDB's partitioned, cache-managed filters are the known next
+//! step) and the cache's `pinned_bytes` shows it. A builder holds its current
+//! block, the encoded index and 8 bytes per key of filter hashes until
+//! `finish`.
 //!
 //! # Read counters
 //!
