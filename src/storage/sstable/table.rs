@@ -15,7 +15,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::storage::bloom::BloomFilter;
-use crate::storage::cache::{BlockCache, BlockKey};
+use crate::storage::cache::{BlockCache, BlockKey, CacheSlot};
 use crate::storage::types::{Entry, SeqNo, TableId};
 use bytes::Bytes;
 use std::fs::File;
@@ -195,6 +195,8 @@ pub struct SsTable {
     index: Index,
     filter: BloomFilter,
     cache: Arc<BlockCache>,
+    /// This table's namespace in the cache.
+    slot: CacheSlot,
     /// Bytes charged to the cache at open, returned on drop.
     pinned: usize,
 }
@@ -305,6 +307,7 @@ impl SsTable {
             meta,
             index,
             filter,
+            slot: cache.new_slot(),
             cache,
             pinned,
         }))
@@ -391,7 +394,7 @@ impl SsTable {
     /// for gets, cached).
     pub(crate) fn block(&self, handle: BlockHandle, why: BlockUse) -> Result<Arc<Block>> {
         let key = BlockKey {
-            table: self.meta.id,
+            table: self.slot,
             offset: handle.offset,
         };
         let stats = self.cache.counters();
@@ -689,6 +692,32 @@ mod tests {
         assert_eq!(cache.stats().pinned_bytes, pinned as u64);
         drop(table);
         assert_eq!(cache.stats().pinned_bytes, 0);
+    }
+
+    #[test]
+    fn tables_sharing_an_id_and_a_cache_never_see_each_others_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlockCache::new(1 << 20));
+        let mut tables = Vec::new();
+        for (name, value) in [("a.sst", "first"), ("b.sst", "second")] {
+            let path = dir.path().join(name);
+            let model: Model = [(b"k".to_vec(), (1, Some(value.as_bytes().to_vec())))].into();
+            write(&path, &model, &TableOptions::default());
+            let table = SsTable::open(&path, TableId(1), Arc::clone(&cache)).unwrap();
+            assert_eq!(
+                table.get(b"k").unwrap().unwrap().1,
+                entry(&Some(value.into()))
+            );
+            tables.push(table);
+        }
+        assert_eq!(
+            tables[0].get(b"k").unwrap().unwrap().1,
+            entry(&Some(b"first".to_vec()))
+        );
+        assert_eq!(
+            tables[1].get(b"k").unwrap().unwrap().1,
+            entry(&Some(b"second".to_vec()))
+        );
     }
 
     #[test]
