@@ -83,13 +83,21 @@ struct RawEntry<'a> {
 }
 
 /// A data block, checksum already verified, restart array validated.
-#[derive(Debug)]
 pub(crate) struct Block {
     /// The block's bytes without its CRC trailer.
     data: Bytes,
     /// Where the restart array starts; entries live in `data[..restarts_at]`.
     restarts_at: usize,
     num_restarts: usize,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("bytes", &self.data.len())
+            .field("restarts", &self.num_restarts)
+            .finish()
+    }
 }
 
 impl Block {
