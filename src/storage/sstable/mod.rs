@@ -14,8 +14,9 @@
 //! generality: one entry per key per table (the engine keeps only the newest
 //! version of a key when it flushes or compacts, so there is no internal-key
 //! encoding), no compression (values are encoded sibling sets, mostly short),
-//! and one whole-table bloom filter instead of per-block filters (one probe
-//! sequence per lookup, and the filter's size is known at `finish`).
+//! and one whole-table bloom filter instead of per-block filters (a lookup
+//! touches one cache line of it, see [`crate::storage::bloom`], and its size
+//! is known at `finish`).
 //!
 //! Reads use positional reads (`FileExt::read_exact_at`) on one shared `File`,
 //! so any number of threads read one table concurrently without a lock and
@@ -39,7 +40,7 @@
 //! **Data block** contents: entries, then the restart array.
 //!
 //! ```text
-//! entry:
+//! entry (shared, unshared and value_len are < 2^32):
 //!   varint  shared      bytes of the key shared with the previous entry's key
 //!                       (0 at a restart point)
 //!   varint  unshared    bytes of the key that follow

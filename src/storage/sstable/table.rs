@@ -611,6 +611,42 @@ mod tests {
     }
 
     #[test]
+    fn approximate_bytes_tracks_the_final_file_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        let mut b = SsTableBuilder::create(&path, TableId(1), &TableOptions::default()).unwrap();
+        for (k, (seq, v)) in &numbered(20_000) {
+            b.add(k, SeqNo(*seq), &entry(v)).unwrap();
+        }
+        let estimate = b.approximate_bytes() as f64;
+        let actual = b.finish().unwrap().file_bytes as f64;
+        assert!(
+            (estimate / actual - 1.0).abs() < 0.05,
+            "{estimate} vs {actual}"
+        );
+    }
+
+    #[test]
+    fn degenerate_options_still_make_a_correct_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.sst");
+        let model = numbered(500);
+        let opts = TableOptions {
+            block_bytes: 0,
+            bloom_bits_per_key: 0,
+        };
+        write(&path, &model, &opts);
+        let table = open(&path).unwrap();
+        for (k, (seq, v)) in &model {
+            assert_eq!(table.get(k).unwrap(), Some((SeqNo(*seq), entry(v))));
+        }
+        assert_eq!(
+            collect(table.iter(Bound::Unbounded)),
+            expected(&model, Bound::Unbounded)
+        );
+    }
+
+    #[test]
     fn out_of_order_or_duplicate_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("1.sst");
