@@ -39,7 +39,15 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads an unsigned LEB128 varint of at most 10 bytes at `*pos`.
+#[inline]
 pub(crate) fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, Malformed> {
+    // Most varints in a block (lengths, the shared prefix) are one byte.
+    if let Some(&byte) = buf.get(*pos) {
+        if byte < 0x80 {
+            *pos += 1;
+            return Ok(u64::from(byte));
+        }
+    }
     let mut v: u64 = 0;
     for i in 0..10 {
         let byte = *buf.get(*pos).ok_or(Malformed("varint runs past the end"))?;
