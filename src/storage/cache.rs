@@ -4,7 +4,7 @@
 //! # Design
 //!
 //! - **Keyed by `(CacheSlot, block offset)`**, where the slot is a number
-//!   the cache hands to each `SsTable::open` ([`BlockCache::new_slot`]), not
+//!   the cache hands to each `SsTable::open` (`BlockCache::new_slot`), not
 //!   the table's id: even if an engine ever reused a `TableId` for a
 //!   different file, or two engines shared one cache, no table could be
 //!   served another's blocks. A closed table's blocks stop being referenced
@@ -20,7 +20,7 @@
 //!   bookkeeping overhead. Blocks larger than a shard's share are not cached.
 //! - **Pinned memory is charged here too.** Every open `SsTable` keeps its
 //!   block index and bloom filter resident and registers their size with the
-//!   cache ([`BlockCache::pin`]); the room left for blocks is
+//!   cache (`BlockCache::pin`); the room left for blocks is
 //!   `capacity - pinned`. So the engine's read-side memory is bounded by the
 //!   one capacity it configures, as long as the pinned part fits (about 2.8
 //!   bytes per key with 10 filter bits per key, 16-byte keys and 4 KiB

@@ -147,7 +147,7 @@ mod builder;
 mod iter;
 mod table;
 
-pub use builder::SsTableBuilder;
+pub use builder::{SsTableBuilder, MAX_ENTRY_BYTES};
 pub use iter::SsTableIter;
 pub use table::SsTable;
 
