@@ -12,8 +12,16 @@
 //! kernel's socket buffers instead of in server memory. The idle `timeout`
 //! applies to waiting for input only.
 //!
+//! Durability under `fsync always`: data commands run without waiting for
+//! the disk, and before replies are written the connection waits once for
+//! the newest write among them to be durable (the engine's group commit lets
+//! all connections share fsyncs). A pipeline of 100 SETs thus costs one wait,
+//! not 100, and no reply acknowledges a write that is not on disk; if the
+//! fsync fails the connection is closed without sending those replies.
+//!
 //! Shutdown is observed only between batches: a batch that was read is
-//! executed and answered before the connection closes.
+//! executed and answered before the connection closes. A write to a client
+//! that does not read gets [`SHUTDOWN_WRITE_GRACE`] once shutdown is asked.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
