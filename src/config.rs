@@ -544,6 +544,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_parses_to_the_defaults() {
+        let text = include_str!("../config/ringkv.example.toml");
+        let mut c = Config::default();
+        c.apply_file(&FileConfig::parse(text).unwrap());
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         assert!(FileConfig::parse("prot = 1\n").is_err());
     }
