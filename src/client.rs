@@ -2,11 +2,13 @@
 //! the tests.
 //!
 //! One [`Client`] is one TCP connection. Commands are written as multibulk
-//! requests ([`encode_command`]); replies are decoded with `redis-protocol`'s
-//! decoders (RESP2 until a `HELLO 3` succeeds, RESP3 after) into [`Value`], a
-//! client-side type that keeps everything a server may send, RESP3 push
-//! messages, big numbers and verbatim formats included, with maps in the
-//! order the server sent them.
+//! requests ([`encode_command`]); replies are decoded by ringkv's
+//! [`ValueDecoder`] into [`Value`], which keeps everything a server may send
+//! (RESP3 push messages, big numbers, verbatim formats) with maps in the
+//! order the server sent them. The decoder reads RESP2 and RESP3 alike, so
+//! `HELLO 3` needs no switch on this side. (`redis-protocol`'s decoder was the
+//! first choice; it shuffles RESP3 maps and cannot decode a set of arrays,
+//! which Redis' own `COMMAND DOCS` sends; see [`crate::protocol::value`].)
 //!
 //! Pipelining: [`Client::pipeline`] writes a batch of commands in one write and
 //! then reads their replies in order; [`Client::queue`], [`Client::flush`] and
@@ -25,85 +27,14 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
-use crate::protocol::{encode_command, ProtocolVersion};
+use crate::protocol::{encode_command, ProtocolVersion, ValueDecoder};
 
-/// A reply as a client sees it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    /// `$-1`, `*-1` or RESP3 `_`.
-    Nil,
-    /// A simple string (`+OK`).
-    Status(String),
-    /// An error reply, without the `-` (`ERR unknown command ...`).
-    Error(String),
-    /// `:n`
-    Integer(i64),
-    /// A bulk string.
-    Bulk(Bytes),
-    /// `*n`
-    Array(Vec<Value>),
-    /// RESP3 `%n`, in the server's order.
-    Map(Vec<(Value, Value)>),
-    /// RESP3 `~n`.
-    Set(Vec<Value>),
-    /// RESP3 `,`.
-    Double(f64),
-    /// RESP3 `#t`/`#f`.
-    Boolean(bool),
-    /// RESP3 `(`, kept as its decimal text.
-    BigNumber(String),
-    /// RESP3 `=`: a three-letter format (`txt`, `mkd`) and the text.
-    Verbatim { format: String, text: Bytes },
-    /// RESP3 `>`: an out-of-band message.
-    Push(Vec<Value>),
-}
-
-impl Value {
-    /// The bytes of a bulk, status or verbatim string.
-    pub fn as_bytes(&self) -> Option<&[u8]> {
-        match self {
-            Value::Bulk(b) => Some(b),
-            Value::Status(s) => Some(s.as_bytes()),
-            Value::Verbatim { text, .. } => Some(text),
-            _ => None,
-        }
-    }
-
-    /// The text of a string reply, if it is UTF-8.
-    pub fn as_str(&self) -> Option<&str> {
-        self.as_bytes().and_then(|b| std::str::from_utf8(b).ok())
-    }
-
-    /// The elements of an array, set or push reply.
-    pub fn as_array(&self) -> Option<&[Value]> {
-        match self {
-            Value::Array(v) | Value::Set(v) | Value::Push(v) => Some(v),
-            _ => None,
-        }
-    }
-
-    /// Whether this is an error reply.
-    pub fn is_error(&self) -> bool {
-        matches!(self, Value::Error(_))
-    }
-
-    /// Key-value pairs of a map reply, or of a RESP2 flat array of pairs (how
-    /// a RESP2 server sends a map).
-    pub fn to_pairs(&self) -> Option<Vec<(&Value, &Value)>> {
-        match self {
-            Value::Map(pairs) => Some(pairs.iter().map(|(k, v)| (k, v)).collect()),
-            Value::Array(items) if items.len() % 2 == 0 => {
-                Some(items.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect())
-            }
-            _ => None,
-        }
-    }
-}
+pub use crate::protocol::Value;
 
 /// How to connect: address, credentials, protocol.
 #[derive(Clone, Debug)]
@@ -146,10 +77,11 @@ pub struct Client {
     stream: TcpStream,
     read_buf: BytesMut,
     write_buf: BytesMut,
-    /// The protocol replies are decoded with.
+    decoder: ValueDecoder,
+    /// The protocol the server speaks to us, as far as we know.
     proto: ProtocolVersion,
-    /// One entry per reply still owed, in order: the protocol that reply
-    /// switches to if it is a successful `HELLO`.
+    /// One entry per reply still owed, in order: the protocol a successful
+    /// reply switches to (for `HELLO`).
     owed: VecDeque<Option<ProtocolVersion>>,
 }
 
@@ -177,6 +109,7 @@ impl Client {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             write_buf: BytesMut::with_capacity(1024),
+            decoder: ValueDecoder::default(),
             proto: ProtocolVersion::Resp2,
             owed: VecDeque::new(),
         };
@@ -197,7 +130,8 @@ impl Client {
         Ok(client)
     }
 
-    /// The protocol replies are currently decoded with.
+    /// The protocol the server is speaking (RESP3 after a successful
+    /// `HELLO 3`).
     pub fn protocol(&self) -> ProtocolVersion {
         self.proto
     }
@@ -243,19 +177,19 @@ impl Client {
 
     /// Read the next reply (of a queued command, or a RESP3 push message).
     pub async fn read_reply(&mut self) -> Result<Value> {
-        // The reply to a HELLO that changes protocol already comes in the new
-        // one. A refused HELLO answers with an error line, which both decoders
-        // read alike, and the protocol stays.
-        let switch_to = self.owed.front().copied().flatten();
-        let proto = switch_to.unwrap_or(self.proto);
         loop {
-            match self.decode(proto)? {
+            let decoded = self
+                .decoder
+                .decode(&mut self.read_buf)
+                .map_err(|e| Error::invalid(format!("from server: {e}")))?;
+            match decoded {
                 Some(Value::Push(items)) => return Ok(Value::Push(items)),
                 Some(value) => {
-                    if let (Some(version), false) = (switch_to, value.is_error()) {
-                        self.proto = version;
+                    if let Some(Some(version)) = self.owed.pop_front() {
+                        if !value.is_error() {
+                            self.proto = version;
+                        }
                     }
-                    self.owed.pop_front();
                     return Ok(value);
                 }
                 None => {}
@@ -270,25 +204,6 @@ impl Client {
     /// Replies still owed for commands already flushed.
     pub fn pending(&self) -> usize {
         self.owed.len()
-    }
-
-    fn decode(&mut self, proto: ProtocolVersion) -> Result<Option<Value>> {
-        let malformed = |e: redis_protocol::error::RedisProtocolError| {
-            Error::invalid(format!("malformed reply from server: {e}"))
-        };
-        match proto {
-            ProtocolVersion::Resp2 => {
-                use redis_protocol::resp2::decode::decode_bytes_mut;
-                Ok(decode_bytes_mut(&mut self.read_buf)
-                    .map_err(malformed)?
-                    .map(|(frame, _, _)| from_resp2(frame)))
-            }
-            ProtocolVersion::Resp3 => {
-                use redis_protocol::resp3::decode::complete::decode_bytes_mut;
-                let frame = decode_bytes_mut(&mut self.read_buf).map_err(malformed)?;
-                Ok(frame.map(|(frame, _, _)| from_resp3(frame)))
-            }
-        }
     }
 }
 
@@ -318,63 +233,13 @@ fn split_error(line: &str) -> (&'static str, String) {
     (code, message.to_string())
 }
 
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn from_resp2(frame: redis_protocol::resp2::types::BytesFrame) -> Value {
-    use redis_protocol::resp2::types::BytesFrame as F;
-    match frame {
-        F::SimpleString(s) => Value::Status(lossy(&s)),
-        F::Error(e) => Value::Error(e.to_string()),
-        F::Integer(n) => Value::Integer(n),
-        F::BulkString(b) => Value::Bulk(b),
-        F::Array(items) => Value::Array(items.into_iter().map(from_resp2).collect()),
-        F::Null => Value::Nil,
-    }
-}
-
-fn from_resp3(frame: redis_protocol::resp3::types::BytesFrame) -> Value {
-    use redis_protocol::resp3::types::{BytesFrame as F, VerbatimStringFormat};
-    // Attributes (`|`) carry side information no caller here uses; dropped.
-    match frame {
-        F::BlobString { data, .. } => Value::Bulk(data),
-        F::BlobError { data, .. } => Value::Error(lossy(&data)),
-        F::SimpleString { data, .. } => Value::Status(lossy(&data)),
-        F::SimpleError { data, .. } => Value::Error(data.to_string()),
-        F::Boolean { data, .. } => Value::Boolean(data),
-        F::Null => Value::Nil,
-        F::Number { data, .. } => Value::Integer(data),
-        F::Double { data, .. } => Value::Double(data),
-        F::BigNumber { data, .. } => Value::BigNumber(lossy(&data)),
-        F::VerbatimString { data, format, .. } => Value::Verbatim {
-            format: match format {
-                VerbatimStringFormat::Text => "txt",
-                VerbatimStringFormat::Markdown => "mkd",
-            }
-            .to_string(),
-            text: data,
-        },
-        F::Array { data, .. } => Value::Array(data.into_iter().map(from_resp3).collect()),
-        F::Map { data, .. } => Value::Map(
-            data.into_iter()
-                .map(|(k, v)| (from_resp3(k), from_resp3(v)))
-                .collect(),
-        ),
-        F::Set { data, .. } => Value::Set(data.into_iter().map(from_resp3).collect()),
-        F::Push { data, .. } => Value::Push(data.into_iter().map(from_resp3).collect()),
-        // Only sent by clients, or only inside a streamed reply, which the
-        // complete decoder does not produce.
-        F::Hello { .. } | F::ChunkedString(_) => Value::Nil,
-    }
-}
-
 /// A tiny RESP server for tests: answers each request with `answer(args)`,
 /// using ringkv's own parser and encoder, on 127.0.0.1 with a free port.
 #[cfg(test)]
 pub(crate) mod fake_server {
     use super::*;
     use crate::protocol::{encode, Reply, RequestParser};
+    use bytes::Bytes;
     use std::sync::Arc;
     use tokio::net::TcpListener;
 
@@ -435,6 +300,7 @@ pub(crate) mod fake_server {
 mod tests {
     use super::*;
     use crate::protocol::Reply;
+    use bytes::Bytes;
 
     fn echo_server(args: &[Bytes]) -> Reply {
         let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();

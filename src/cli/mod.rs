@@ -213,7 +213,14 @@ impl Session {
                 self.opts.host,
                 self.opts.port,
                 match e {
-                    Error::Io(io) => io.to_string(),
+                    // "Connection refused", without Rust's " (os error 111)".
+                    Error::Io(io) => {
+                        let text = io.to_string();
+                        match text.find(" (os error") {
+                            Some(at) => text[..at].to_string(),
+                            None => text,
+                        }
+                    }
                     other => other.to_string(),
                 }
             ),
@@ -221,9 +228,49 @@ impl Session {
     }
 }
 
-/// Print `value` in the chosen output mode.
-pub fn print_reply(value: &Value, raw: bool, out: &mut dyn Write) -> std::io::Result<()> {
-    if raw {
+/// Commands whose string reply is text meant to be read as is (`INFO`'s
+/// sections, `CLIENT LIST`'s lines): redis-cli prints them raw in every
+/// mode, and so do we. The `CLUSTER` ones beyond `NODES` and `INFO` are
+/// ringkv's.
+pub fn prints_raw_text(args: &[Bytes]) -> bool {
+    let word = |i: usize| {
+        args.get(i)
+            .map(|w| String::from_utf8_lossy(w).to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let (first, second) = (word(0), word(1));
+    match first.as_str() {
+        "info" | "lolwut" => true,
+        "debug" => matches!(
+            second.as_str(),
+            "htstats" | "htstats-key" | "client-eviction"
+        ),
+        "memory" => matches!(second.as_str(), "malloc-stats" | "doctor"),
+        "client" => matches!(second.as_str(), "list" | "info"),
+        "latency" => matches!(second.as_str(), "graph" | "doctor"),
+        "cluster" => match second.as_str() {
+            "nodes" | "info" | "partitions" | "ring" | "hints" => args.len() == 2,
+            "preflist" => args.len() == 3,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Print the reply to `args` in the chosen output mode.
+pub fn print_reply(
+    args: &[Bytes],
+    value: &Value,
+    raw: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if prints_raw_text(args) {
+        // As redis-cli: the raw form without the newline raw mode adds (the
+        // text ends in its own).
+        let mut text = Vec::new();
+        format::format_raw(value, &mut text);
+        out.write_all(&text)
+    } else if raw {
         out.write_all(&format::format_raw_line(value))
     } else {
         out.write_all(format::format_tty(value).as_bytes())
@@ -234,7 +281,7 @@ pub fn print_reply(value: &Value, raw: bool, out: &mut dyn Write) -> std::io::Re
 /// be reached (the message went to stderr).
 pub fn run_command(session: &mut Session, args: &[Bytes], raw: bool, out: &mut dyn Write) -> bool {
     match session.send(args) {
-        Ok(value) => print_reply(&value, raw, out)
+        Ok(value) => print_reply(args, &value, raw, out)
             .and_then(|_| out.flush())
             .is_ok(),
         Err(e) => {
@@ -246,7 +293,7 @@ pub fn run_command(session: &mut Session, args: &[Bytes], raw: bool, out: &mut d
 
 /// Run each line of `input` as a command (Redis' quoting rules), printing
 /// each reply. Blank lines are skipped; a line with unbalanced quotes prints
-/// `Invalid argument(s)` and the rest still run. Stops at the first
+/// `Invalid argument(s)` (on stdout, as redis-cli) and the rest still run. Stops at the first
 /// connection failure and returns `false`.
 pub fn run_lines(
     session: &mut Session,
@@ -269,7 +316,12 @@ pub fn run_lines(
                     return false;
                 }
             }
-            Err(_) => eprintln!("Invalid argument(s)"),
+            Err(_) => {
+                // On stdout, as redis-cli prints it.
+                if writeln!(out, "Invalid argument(s)").is_err() {
+                    return false;
+                }
+            }
         }
     }
     true

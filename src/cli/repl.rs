@@ -171,9 +171,15 @@ pub fn fetch_command_table(session: &mut Session) -> CommandTable {
 /// Run a server command typed at the prompt and print its reply; after a
 /// `GET` that answered siblings, print their causal context too.
 pub fn run_interactive(session: &mut Session, words: &[Bytes], raw: bool, out: &mut dyn Write) {
+    let started = std::time::Instant::now();
     match session.send(words) {
         Ok(value) => {
-            let _ = print_reply(&value, raw, out);
+            let _ = print_reply(words, &value, raw, out);
+            let elapsed = started.elapsed();
+            // As redis-cli: slow commands say how long they took.
+            if !raw && elapsed.as_millis() >= 500 {
+                let _ = writeln!(out, "({:.2}s)", elapsed.as_secs_f64());
+            }
             let is_get = words.len() == 2 && words[0].eq_ignore_ascii_case(b"get");
             if is_get && matches!(value, Value::Array(_)) {
                 describe_conflict(session, &words[1], out);

@@ -97,7 +97,7 @@ fn commands_on_stdin_run_one_per_line_with_quoting() {
     let mut s = session(port);
     let input = b"SET k \"a b\"\n\nINCR n\nSET 'unbalanced\nGET x\n";
     let out = output_of(|out| assert!(run_lines(&mut s, &input[..], true, out)));
-    assert_eq!(out, "OK\n7\nplain\n");
+    assert_eq!(out, "OK\n7\nInvalid argument(s)\nplain\n");
 }
 
 #[test]
