@@ -5,7 +5,7 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::args::{int_arg, is, syntax_error};
-use super::cursor::CursorTable;
+use super::cursor::{CursorTable, Resume};
 use super::deps::{LiveValues, Payload, SiblingSet};
 use super::glob;
 use super::layout::PartitionId;
@@ -154,12 +154,20 @@ pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     if u32::from(position.partition.0) >= q {
         return Done::reply(scan_reply(0, found));
     }
-    let (mut partition, mut after) = (position.partition, position.after);
+    let mut partition = position.partition;
+    let mut offset = position.offset;
+    let mut after = match position.resume {
+        Resume::After(key) => Some(key),
+        Resume::Skip(0) => None,
+        // The remembered key is gone: pass `offset` keys again from the start.
+        Resume::Skip(n) => replica.key_at(partition, n - 1)?,
+    };
     let mut examined = 0usize;
     let next_cursor = loop {
         let want = count - examined;
         let batch = replica.scan_partition(partition, after.as_deref(), want)?;
         examined += batch.len();
+        offset += batch.len() as u64;
         for stored in &batch {
             let wanted = only_strings && pattern.is_none_or(|p| glob::matches(p, &stored.key));
             if wanted && stored.is_live(now)? {
@@ -168,7 +176,7 @@ pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         }
         if batch.len() == want {
             if let Some(last) = batch.last() {
-                break shared.cursors.remember(partition, last.key.clone());
+                break shared.cursors.remember(partition, offset, last.key.clone());
             }
         }
         if u32::from(partition.0) + 1 >= q {
@@ -176,6 +184,7 @@ pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         }
         partition = PartitionId(partition.0 + 1);
         after = None;
+        offset = 0;
         if examined >= count {
             break CursorTable::partition_start(partition);
         }
