@@ -432,14 +432,14 @@ impl Replica {
     /// `None` past the end: a walk of `index + 1` keys.
     pub fn key_at(&self, partition: PartitionId, index: u64) -> Result<Option<Bytes>> {
         let prefix = partition.prefix();
-        let index = usize::try_from(index).unwrap_or(usize::MAX);
-        match self.engine.scan_prefix(&prefix)?.nth(index) {
-            Some(entry) => {
-                let (engine_key, _) = entry?;
-                Ok(layout::user_key(&engine_key).map(Bytes::copy_from_slice))
+        // Walk rather than `nth`, which would skip over read errors.
+        for (passed, entry) in (0u64..).zip(self.engine.scan_prefix(&prefix)?) {
+            let (engine_key, _) = entry?;
+            if passed == index {
+                return Ok(layout::user_key(&engine_key).map(Bytes::copy_from_slice));
             }
-            None => Ok(None),
         }
+        Ok(None)
     }
 
     /// Visits every stored key of `partition` that starts with `prefix`, in
