@@ -9,7 +9,7 @@ use super::cursor::{CursorTable, Resume};
 use super::deps::{LiveValues, Payload, SiblingSet};
 use super::glob;
 use super::layout::PartitionId;
-use super::number::parse_u64;
+use super::number::parse_cursor;
 use super::replica::{supersede, Change, Key, Stored};
 use super::strings::count_lookup;
 use super::{Done, Shared};
@@ -117,7 +117,7 @@ const REDIS_TYPES: &[&str] = &["string", "list", "set", "zset", "hash", "stream"
 /// described in [`super::cursor`]. `COUNT` bounds the keys examined (default
 /// 10), like Redis; expired and deleted keys are examined but not returned.
 pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
-    let cursor = parse_u64(&args[1]).ok_or_else(|| Error::invalid("invalid cursor"))?;
+    let cursor = parse_cursor(&args[1]).ok_or_else(|| Error::invalid("invalid cursor"))?;
     let mut count: usize = 10;
     let mut pattern: Option<&[u8]> = None;
     let mut only_strings = true;
