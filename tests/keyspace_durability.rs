@@ -116,7 +116,9 @@ async fn concurrent_increments_are_never_lost_or_duplicated() {
 async fn compaction_purges_tombstones_past_the_grace_period_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = KeyspaceOptions {
-        tombstone_grace: Duration::from_millis(50),
+        // Long enough that "young" cannot age past it on a loaded machine
+        // between its DEL and the compaction.
+        tombstone_grace: Duration::from_secs(1),
         ..KeyspaceOptions::default()
     };
     let ks = Keyspace::open(dir.path(), opts).expect("open");
@@ -124,7 +126,7 @@ async fn compaction_purges_tombstones_past_the_grace_period_only() {
         ks.execute(&args(&["SET", key, "v"])).await;
     }
     ks.execute(&args(&["DEL", "old"])).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     ks.execute(&args(&["DEL", "young"])).await;
     let engine = ks.replica().engine().clone();
     tokio::task::spawn_blocking(move || {

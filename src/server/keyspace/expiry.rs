@@ -191,3 +191,121 @@ mod tests {
         assert_eq!(gc.filter(&key, b"\xffgarbage"), FilterDecision::Keep);
     }
 }
+
+#[cfg(test)]
+mod active_expiry_tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::server::keyspace::deps::{
+        ActorId, Engine, Payload, SiblingLimits, StorageOptions, WriteBatch,
+    };
+    use crate::server::keyspace::layout::expiry_key;
+    use crate::server::keyspace::replica::{supersede, Change, Key};
+
+    fn replica(dir: &std::path::Path) -> Replica {
+        let engine = Engine::open(dir, StorageOptions::default()).expect("engine");
+        Replica::open(
+            Arc::new(engine),
+            ActorId(1),
+            256,
+            SiblingLimits::default(),
+            None,
+        )
+        .expect("replica")
+    }
+
+    fn put(r: &Replica, key: &[u8], expires: Option<u64>, now: u64) {
+        r.update(Key::new(key), |set| {
+            let set = supersede(
+                ActorId(1),
+                set,
+                Payload::Value(Bytes::from_static(b"v")),
+                expires,
+                now,
+            );
+            Ok(((), Change::Put(set)))
+        })
+        .expect("write");
+    }
+
+    #[test]
+    fn due_keys_become_tombstones_and_leave_the_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = replica(dir.path());
+        put(&r, b"a", Some(1_000), 500);
+        put(&r, b"b", Some(5_000), 500);
+        put(&r, b"c", None, 500);
+        assert_eq!(r.counts().keys, 3);
+        assert_eq!(r.counts().expires, 2);
+        // Not due at its own deadline millisecond.
+        assert_eq!(expire_due(&r, 1_000, 10).expect("tick").reclaimed, 0);
+        let tick = expire_due(&r, 1_001, 10).expect("tick");
+        assert_eq!(
+            tick,
+            ExpiryTick {
+                examined: 1,
+                reclaimed: 1
+            }
+        );
+        assert_eq!((r.counts().keys, r.counts().expires), (2, 1));
+        let a = r
+            .read(Key::new(b"a"))
+            .expect("read")
+            .expect("kept as a tombstone");
+        assert!(a.is_only_tombstones());
+        assert!(
+            r.due_expiries(u64::MAX, 10).expect("index").len() == 1,
+            "only b's entry is left"
+        );
+    }
+
+    #[test]
+    fn a_stale_index_entry_is_dropped_without_touching_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = replica(dir.path());
+        put(&r, b"k", Some(9_000), 500);
+        // An entry that does not match the stored deadline: writes keep the
+        // index in step, but it is only a hint and the task must not trust it.
+        let mut batch = WriteBatch::new();
+        batch.put(&expiry_key(2_000, b"k"), b"");
+        r.engine().write(&batch).expect("write");
+        let tick = expire_due(&r, 3_000, 10).expect("tick");
+        assert_eq!(
+            tick,
+            ExpiryTick {
+                examined: 1,
+                reclaimed: 0
+            }
+        );
+        assert!(r
+            .read(Key::new(b"k"))
+            .expect("read")
+            .is_some_and(|s| !s.is_only_tombstones()));
+        assert_eq!(r.due_expiries(3_000, 10).expect("index"), vec![]);
+        assert_eq!(
+            r.due_expiries(u64::MAX, 10).expect("index").len(),
+            1,
+            "the real entry stays"
+        );
+    }
+
+    #[test]
+    fn a_tick_works_through_more_entries_than_one_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = replica(dir.path());
+        for i in 0..25u32 {
+            put(
+                &r,
+                format!("k{i}").as_bytes(),
+                Some(1_000 + u64::from(i)),
+                500,
+            );
+        }
+        let tick = expire_due(&r, 10_000, 4).expect("tick");
+        assert_eq!(tick.reclaimed, 25);
+        assert_eq!(r.counts().keys, 0);
+    }
+}

@@ -5,11 +5,11 @@ use bytes::Bytes;
 use rand::Rng;
 
 use super::args::{int_arg, is, syntax_error};
-use super::cursor::CursorTable;
+use super::cursor::{CursorTable, Resume};
 use super::deps::{LiveValues, Payload, SiblingSet};
 use super::glob;
 use super::layout::PartitionId;
-use super::number::parse_u64;
+use super::number::parse_cursor;
 use super::replica::{supersede, Change, Key, Stored};
 use super::strings::count_lookup;
 use super::{Done, Shared};
@@ -117,7 +117,7 @@ const REDIS_TYPES: &[&str] = &["string", "list", "set", "zset", "hash", "stream"
 /// described in [`super::cursor`]. `COUNT` bounds the keys examined (default
 /// 10), like Redis; expired and deleted keys are examined but not returned.
 pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
-    let cursor = parse_u64(&args[1]).ok_or_else(|| Error::invalid("invalid cursor"))?;
+    let cursor = parse_cursor(&args[1]).ok_or_else(|| Error::invalid("invalid cursor"))?;
     let mut count: usize = 10;
     let mut pattern: Option<&[u8]> = None;
     let mut only_strings = true;
@@ -154,12 +154,20 @@ pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     if u32::from(position.partition.0) >= q {
         return Done::reply(scan_reply(0, found));
     }
-    let (mut partition, mut after) = (position.partition, position.after);
+    let mut partition = position.partition;
+    let mut offset = position.offset;
+    let mut after = match position.resume {
+        Resume::After(key) => Some(key),
+        Resume::Skip(0) => None,
+        // The remembered key is gone: pass `offset` keys again from the start.
+        Resume::Skip(n) => replica.key_at(partition, n - 1)?,
+    };
     let mut examined = 0usize;
     let next_cursor = loop {
         let want = count - examined;
         let batch = replica.scan_partition(partition, after.as_deref(), want)?;
         examined += batch.len();
+        offset += batch.len() as u64;
         for stored in &batch {
             let wanted = only_strings && pattern.is_none_or(|p| glob::matches(p, &stored.key));
             if wanted && stored.is_live(now)? {
@@ -168,7 +176,7 @@ pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         }
         if batch.len() == want {
             if let Some(last) = batch.last() {
-                break shared.cursors.remember(partition, last.key.clone());
+                break shared.cursors.remember(partition, offset, last.key.clone());
             }
         }
         if u32::from(partition.0) + 1 >= q {
@@ -176,6 +184,7 @@ pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         }
         partition = PartitionId(partition.0 + 1);
         after = None;
+        offset = 0;
         if examined >= count {
             break CursorTable::partition_start(partition);
         }

@@ -10,7 +10,11 @@
 //! `RandomState`. [`partition_of`] cuts the 64-bit space into `Q` equal
 //! ranges: `partition = hash / (2^64 / Q)`, clamped to `Q - 1` for the few
 //! hashes past `Q * (2^64 / Q)` when `Q` does not divide `2^64`. With the
-//! default `Q = 256` this is simply the top byte of the hash.
+//! default `Q = 256` this is simply the top byte of the hash. The cluster's
+//! ring (`cluster::ring::key_hash`, `partition_of`) computes exactly the same
+//! functions; the tests below pin the values so neither can drift, and once
+//! both are on one branch this module should call the ring's (the server
+//! layer may import the cluster, not the other way round).
 //!
 //! # Engine keys (layout version 1)
 //!

@@ -48,12 +48,42 @@
 //!   writes that race with a flush may survive it. `ASYNC` is accepted and
 //!   runs the same way (the reply comes when done).
 //!
+//! - `MSET`, `MSETNX` and multi-key `DEL` hold all their keys' locks and
+//!   write one engine batch, so they are atomic on this node. Nothing here is
+//!   linearizable across a cluster; the cluster layer says what it adds.
+//!
+//! # Departures from Redis
+//!
+//! - A key with siblings: `GET` and each `MGET` element answer an array;
+//!   the commands listed above answer `-CONFLICT`, including `SET ... KEEPTTL`
+//!   (whose TTL would be ambiguous).
+//! - `SCAN` cursors are not Redis' reverse-binary bucket indexes but a
+//!   partition and a resume slot ([`cursor`]); the guarantee is the same.
+//!   An unknown `SCAN ... TYPE` answers Redis 7.2's `unknown type name` error.
+//! - `INCRBYFLOAT` emulates the x87 `long double` ([`extended`]) and matches
+//!   Redis' output, except that results below about `3.4e-4932` are refused
+//!   rather than kept as subnormal numbers.
+//! - Deleted and expired keys leave a small tombstone (their clock) for the
+//!   tombstone grace period, so `FLUSHALL` frees space only after it.
+//!
 //! # Durability
 //!
 //! Each write is appended to the engine under the key's lock; with `fsync
 //! always` the reply waits, after the lock is released and on a blocking
 //! thread, until the engine has synced that write (group commit). With
-//! `everysec` and `no` the reply does not wait.
+//! `everysec` and `no` the reply does not wait. A caller that answers a
+//! pipeline at once can use [`Keyspace::execute_unsynced`] and one
+//! [`Keyspace::wait_durable`] for the whole batch.
+//!
+//! # Files
+//!
+//! [`replica`] (the store and its locks and counters), [`layout`] (engine
+//! keys, the ring hash), [`identity`] (the clock actor on disk), [`counts`]
+//! (counts saved at close), [`expiry`] (active expiry, tombstone GC),
+//! [`cursor`] (`SCAN`), [`glob`] (`KEYS`/`MATCH` patterns), [`number`] and
+//! [`extended`] (Redis' number parsing and printing); the commands are in
+//! `strings.rs`, `keys.rs`, `ttl.rs` and `versions.rs`, their shared argument
+//! parsing in `args.rs`.
 
 mod args;
 pub mod counts;

@@ -32,13 +32,28 @@ fn parse_magnitude(digits: &[u8]) -> Option<u64> {
     Some(value)
 }
 
-/// Parses a non-negative count or cursor the way Redis' `string2ull` does
-/// for SCAN cursors: plain decimal digits that fit a `u64`.
-pub fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
+/// Parses a `SCAN` cursor as Redis does (`strtoul` over the whole string,
+/// no leading space): decimal digits fitting a `u64`, an optional sign (a
+/// `-` wraps around, as in C), and the empty string reads as 0.
+pub fn parse_cursor(s: &[u8]) -> Option<u64> {
+    let (negative, digits) = match s {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() {
+        // strtoul parses nothing and stops at the end: Redis accepts it as 0
+        // only when there was no sign either.
+        return (s.is_empty()).then_some(0);
     }
-    std::str::from_utf8(s).ok()?.parse().ok()
+    let mut value: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(if negative { value.wrapping_neg() } else { value })
 }
 
 #[cfg(test)]
@@ -75,11 +90,15 @@ mod tests {
     }
 
     #[test]
-    fn cursors_are_unsigned_decimals() {
-        assert_eq!(parse_u64(b"0"), Some(0));
-        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_u64(b"18446744073709551616"), None);
-        assert_eq!(parse_u64(b"-1"), None);
-        assert_eq!(parse_u64(b"x"), None);
+    fn cursors_parse_like_strtoul() {
+        assert_eq!(parse_cursor(b"0"), Some(0));
+        assert_eq!(parse_cursor(b""), Some(0));
+        assert_eq!(parse_cursor(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_cursor(b"18446744073709551616"), None);
+        assert_eq!(parse_cursor(b"-1"), Some(u64::MAX));
+        assert_eq!(parse_cursor(b"+7"), Some(7));
+        assert_eq!(parse_cursor(b"-"), None);
+        assert_eq!(parse_cursor(b" 1"), None);
+        assert_eq!(parse_cursor(b"x"), None);
     }
 }

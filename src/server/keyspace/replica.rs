@@ -428,6 +428,20 @@ impl Replica {
         Ok(out)
     }
 
+    /// The `index`-th stored key of `partition` (from 0) in key order, or
+    /// `None` past the end: a walk of `index + 1` keys.
+    pub fn key_at(&self, partition: PartitionId, index: u64) -> Result<Option<Bytes>> {
+        let prefix = partition.prefix();
+        // Walk rather than `nth`, which would skip over read errors.
+        for (passed, entry) in (0u64..).zip(self.engine.scan_prefix(&prefix)?) {
+            let (engine_key, _) = entry?;
+            if passed == index {
+                return Ok(layout::user_key(&engine_key).map(Bytes::copy_from_slice));
+            }
+        }
+        Ok(None)
+    }
+
     /// Visits every stored key of `partition` that starts with `prefix`, in
     /// key order, with whether it is live at `now_ms`.
     pub fn scan_prefix(
