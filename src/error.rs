@@ -28,10 +28,7 @@ pub enum Error {
     /// A Redis error with its own code instead of `ERR`, e.g.
     /// `code = "NOAUTH"`, `message = "Authentication required."`.
     #[error("{code} {message}")]
-    Refused {
-        code: &'static str,
-        message: String,
-    },
+    Refused { code: &'static str, message: String },
 
     /// On-disk data failed a check (checksum, magic, length, ordering).
     #[error("corruption in {}: offset {offset}: {detail}", file.display())]

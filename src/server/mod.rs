@@ -40,7 +40,6 @@ pub mod clients;
 pub mod commands;
 pub mod connection;
 pub mod dispatch;
-pub mod glob;
 pub mod keyspace;
 pub mod stats;
 

@@ -23,7 +23,7 @@ use parking_lot::RwLock;
 use crate::config::{ByteSize, Config, FsyncPolicy};
 use crate::protocol::Reply;
 use crate::server::dispatch::Ctx;
-use crate::server::glob::glob_match;
+use crate::server::keyspace::glob;
 
 /// `CONFIG HELP`.
 pub const CONFIG_HELP: &[&str] = &[
@@ -261,12 +261,14 @@ static PARAMS: &[Param] = &[
 
 /// `CONFIG GET pattern [pattern ...]`: a map of every matching parameter.
 pub fn config_get(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Reply {
+    // Names are lowercase and Redis matches them ignoring case.
+    let patterns: Vec<Vec<u8>> = args[2..].iter().map(|p| p.to_ascii_lowercase()).collect();
     let pairs = PARAMS
         .iter()
         .filter(|p| {
-            args[2..]
+            patterns
                 .iter()
-                .any(|pat| glob_match(pat, p.name.as_bytes(), true))
+                .any(|pat| glob::matches(pat, p.name.as_bytes()))
         })
         .map(|p| (Reply::bulk(p.name), Reply::bulk((p.get)(ctx))))
         .collect();

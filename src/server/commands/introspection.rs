@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::table::{lookup, ArgDoc, CommandSpec, COMMANDS};
 use crate::protocol::Reply;
-use crate::server::glob::glob_match;
+use crate::server::keyspace::glob;
 
 /// `COMMAND HELP`.
 pub const COMMAND_HELP: &[&str] = &[
@@ -218,8 +218,10 @@ pub fn command_list(args: &[Bytes]) -> Reply {
         5 if args[2].eq_ignore_ascii_case(b"FILTERBY") => {
             let value = &args[4];
             if args[3].eq_ignore_ascii_case(b"PATTERN") {
+                // Names are lowercase and Redis matches them ignoring case.
+                let pattern = value.to_ascii_lowercase();
                 all_names()
-                    .filter(|c| glob_match(value, c.name.as_bytes(), true))
+                    .filter(|c| glob::matches(&pattern, c.name.as_bytes()))
                     .map(|c| Reply::bulk(c.name))
                     .collect()
             } else if args[3].eq_ignore_ascii_case(b"ACLCAT") {

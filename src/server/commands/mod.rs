@@ -69,10 +69,5 @@ fn help(lines: &'static [&'static str]) -> Reply {
     Reply::Array(lines.iter().map(|l| Reply::Simple(l)).collect())
 }
 
-/// Parses a decimal i64 argument as Redis does (no spaces, no `+`).
-pub(crate) fn parse_i64(arg: &[u8]) -> Option<i64> {
-    if arg.is_empty() || arg[0] == b'+' || arg.len() > 20 {
-        return None;
-    }
-    std::str::from_utf8(arg).ok()?.parse().ok()
-}
+/// Parses a decimal i64 argument as Redis' `string2ll` does.
+pub(crate) use crate::protocol::parse_redis_int as parse_i64;
