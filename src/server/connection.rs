@@ -128,6 +128,10 @@ impl Connection {
     }
 
     async fn run(&mut self) -> std::io::Result<()> {
+        // One shutdown future for the connection's life, not one per read.
+        let mut shutdown = self.shutdown.clone();
+        let stop = super::stopped(&mut shutdown);
+        tokio::pin!(stop);
         loop {
             let flow = self.execute_buffered().await?;
             self.flush().await?;
@@ -146,7 +150,7 @@ impl Connection {
             let idle_limit = self.shared.live.timeout_secs();
             let read = tokio::select! {
                 biased;
-                _ = super::stopped(&mut self.shutdown) => return Ok(()),
+                _ = &mut stop => return Ok(()),
                 n = read_with_timeout(&mut self.stream, &mut self.input, idle_limit) => n?,
             };
             match read {
