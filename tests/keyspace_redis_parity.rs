@@ -357,3 +357,75 @@ async fn incrbyfloat_matches_redis_server_on_random_decimals() {
         diffs.join("\n")
     );
 }
+
+/// Sorts the elements of an array reply (KEYS order is the store's own).
+fn sorted(value: Value) -> Value {
+    match value {
+        Value::Array(mut items) => {
+            items.sort_by_key(|v| format!("{v:?}"));
+            Value::Array(items)
+        }
+        other => other,
+    }
+}
+
+#[tokio::test]
+async fn keys_patterns_match_redis_server_on_random_globs() {
+    let Some(redis) = start_redis() else {
+        eprintln!("redis-server is not installed: parity test skipped");
+        return;
+    };
+    let mut stream = TcpStream::connect(("127.0.0.1", redis.port)).expect("connect");
+    let mut buf = BytesMut::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ks = Keyspace::open(dir.path(), KeyspaceOptions::default()).expect("open");
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |bound: u64| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x9E37_79B9_7F4A_7C15) % bound
+    };
+    let mut word = |alphabet: &[u8], max: u64| -> bytes::Bytes {
+        let len = next(max + 1);
+        (0..len)
+            .map(|_| alphabet[next(alphabet.len() as u64) as usize])
+            .collect::<Vec<u8>>()
+            .into()
+    };
+    let mut run = |args: Vec<bytes::Bytes>, sort: bool| {
+        let mut request = BytesMut::new();
+        encode_command(&args, &mut request);
+        stream.write_all(&request).expect("write to redis-server");
+        let theirs = read_value(&mut stream, &mut buf);
+        (args, theirs, sort)
+    };
+    let mut checks = Vec::new();
+    for _ in 0..60 {
+        let key = word(b"ab-^]\\*?[", 5);
+        checks.push(run(vec!["SET".into(), key, "v".into()], false));
+    }
+    for _ in 0..300 {
+        let pattern = word(b"ab-^]\\*?[", 6);
+        checks.push(run(vec!["KEYS".into(), pattern], true));
+    }
+    let mut diffs = Vec::new();
+    for (args, theirs, sort) in checks {
+        let ours = decoded(&ks.execute(&args).await);
+        let (theirs, ours) = if sort {
+            (sorted(theirs), sorted(ours))
+        } else {
+            (theirs, ours)
+        };
+        if theirs != ours {
+            diffs.push(format!("{args:?}: redis {theirs:?}, ringkv {ours:?}"));
+        }
+    }
+    ks.close().expect("close");
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}
