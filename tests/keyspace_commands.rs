@@ -604,3 +604,28 @@ async fn scan_misses_nothing_even_when_its_resume_slot_was_forgotten() {
     assert_eq!(seen[0].len(), 100);
     assert_eq!(seen[1].len(), 100);
 }
+
+#[tokio::test]
+async fn wrong_argument_counts_are_refused_not_indexed_past() {
+    let n = Node::new();
+    assert_eq!(
+        n.run(&["GET"]).await,
+        err("ERR wrong number of arguments for 'get' command")
+    );
+    assert_eq!(
+        n.run(&["SETEX", "k", "10"]).await,
+        err("ERR wrong number of arguments for 'setex' command")
+    );
+    assert_eq!(
+        n.run(&["RESOLVE", "k", "c"]).await,
+        err("ERR wrong number of arguments for 'resolve' command")
+    );
+    assert_eq!(
+        n.run(&["DBSIZE", "x"]).await,
+        err("ERR wrong number of arguments for 'dbsize' command")
+    );
+    assert_eq!(
+        n.run(&["MGET", "a", "b"]).await,
+        Reply::Array(vec![Reply::Null, Reply::Null])
+    );
+}

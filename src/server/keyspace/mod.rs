@@ -332,6 +332,7 @@ impl Keyspace {
             Some(n) => n,
             None => return Err(unknown_command(name, args)),
         };
+        check_arity(name_lower, name, args)?;
         match name_lower {
             // These read or rewrite many keys: keep them off the async threads.
             "keys" | "scan" | "randomkey" | "flushall" | "flushdb" => {
@@ -370,6 +371,8 @@ impl Keyspace {
                 .await;
                 match tick {
                     Ok(Ok(_)) => {}
+                    // A tick that raced with close() finds the engine closed.
+                    Ok(Err(_)) if shared.closed.load(Ordering::Acquire) => return,
                     Ok(Err(e)) => tracing::warn!(error = %e, "active expiry failed; retrying"),
                     Err(e) => tracing::error!(error = %e, "active expiry task panicked"),
                 }
@@ -465,48 +468,66 @@ fn dispatch(shared: &Shared, name: &str, args: &[Bytes]) -> Result<Done> {
     }
 }
 
-/// The names [`Keyspace::execute`] answers (lower case).
-pub const COMMANDS: &[&str] = &[
-    "get",
-    "set",
-    "setnx",
-    "setex",
-    "psetex",
-    "getset",
-    "getdel",
-    "getex",
-    "mget",
-    "mset",
-    "msetnx",
-    "append",
-    "strlen",
-    "incr",
-    "decr",
-    "incrby",
-    "decrby",
-    "incrbyfloat",
-    "del",
-    "unlink",
-    "exists",
-    "type",
-    "keys",
-    "scan",
-    "randomkey",
-    "dbsize",
-    "flushall",
-    "flushdb",
-    "expire",
-    "pexpire",
-    "expireat",
-    "pexpireat",
-    "ttl",
-    "pttl",
-    "expiretime",
-    "pexpiretime",
-    "persist",
-    "vclock",
-    "resolve",
+/// Every command [`Keyspace::execute`] answers (lower case) with its arity
+/// in Redis' convention: `n` = exactly `n` words with the name, `-n` = at
+/// least `n`. The connection layer checks arity first; `execute` checks it
+/// again so that no argument count can make a handler index past the end.
+pub const COMMANDS: &[(&str, i32)] = &[
+    ("get", 2),
+    ("set", -3),
+    ("setnx", 3),
+    ("setex", 4),
+    ("psetex", 4),
+    ("getset", 3),
+    ("getdel", 2),
+    ("getex", -2),
+    ("mget", -2),
+    ("mset", -3),
+    ("msetnx", -3),
+    ("append", 3),
+    ("strlen", 2),
+    ("incr", 2),
+    ("decr", 2),
+    ("incrby", 3),
+    ("decrby", 3),
+    ("incrbyfloat", 3),
+    ("del", -2),
+    ("unlink", -2),
+    ("exists", -2),
+    ("type", 2),
+    ("keys", 2),
+    ("scan", -2),
+    ("randomkey", 1),
+    ("dbsize", 1),
+    ("flushall", -1),
+    ("flushdb", -1),
+    ("expire", -3),
+    ("pexpire", -3),
+    ("expireat", -3),
+    ("pexpireat", -3),
+    ("ttl", 2),
+    ("pttl", 2),
+    ("expiretime", 2),
+    ("pexpiretime", 2),
+    ("persist", 2),
+    ("vclock", -2),
+    ("resolve", 4),
 ];
+
+/// Redis' arity check for a known command; `Err` for an unknown one.
+fn check_arity(name: &str, raw_name: &[u8], args: &[Bytes]) -> Result<()> {
+    let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+        return Err(unknown_command(raw_name, args));
+    };
+    let n = args.len() as i64;
+    let arity = i64::from(arity);
+    if (arity >= 0 && n != arity) || (arity < 0 && n < -arity) {
+        return Err(Error::invalid(format!(
+            "wrong number of arguments for '{name}' command"
+        )));
+    }
+    Ok(())
+}
 
 /// Redis' unknown-command error, arguments quoted as Redis quotes them.
 fn unknown_command(name: &[u8], args: &[Bytes]) -> Error {
