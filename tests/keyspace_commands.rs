@@ -629,3 +629,21 @@ async fn wrong_argument_counts_are_refused_not_indexed_past() {
         Reply::Array(vec![Reply::Null, Reply::Null])
     );
 }
+
+#[tokio::test]
+async fn every_listed_command_is_dispatched() {
+    let n = Node::new();
+    for name in ringkv::server::keyspace::COMMANDS {
+        let arity = ringkv::server::keyspace::arity(name).expect("listed commands have an arity");
+        let mut args = vec![name.to_string()];
+        args.resize(arity.unsigned_abs() as usize, "1".to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = n.run(&args).await;
+        if let Reply::Error(text) = &reply {
+            assert!(
+                !text.contains("unknown command") && !text.contains("wrong number"),
+                "{name}: {text}"
+            );
+        }
+    }
+}

@@ -468,55 +468,101 @@ fn dispatch(shared: &Shared, name: &str, args: &[Bytes]) -> Result<Done> {
     }
 }
 
-/// Every command [`Keyspace::execute`] answers (lower case) with its arity
-/// in Redis' convention: `n` = exactly `n` words with the name, `-n` = at
-/// least `n`. The connection layer checks arity first; `execute` checks it
-/// again so that no argument count can make a handler index past the end.
-pub const COMMANDS: &[(&str, i32)] = &[
-    ("get", 2),
-    ("set", -3),
-    ("setnx", 3),
-    ("setex", 4),
-    ("psetex", 4),
-    ("getset", 3),
-    ("getdel", 2),
-    ("getex", -2),
-    ("mget", -2),
-    ("mset", -3),
-    ("msetnx", -3),
-    ("append", 3),
-    ("strlen", 2),
-    ("incr", 2),
-    ("decr", 2),
-    ("incrby", 3),
-    ("decrby", 3),
-    ("incrbyfloat", 3),
-    ("del", -2),
-    ("unlink", -2),
-    ("exists", -2),
-    ("type", 2),
-    ("keys", 2),
-    ("scan", -2),
-    ("randomkey", 1),
-    ("dbsize", 1),
-    ("flushall", -1),
-    ("flushdb", -1),
-    ("expire", -3),
-    ("pexpire", -3),
-    ("expireat", -3),
-    ("pexpireat", -3),
-    ("ttl", 2),
-    ("pttl", 2),
-    ("expiretime", 2),
-    ("pexpiretime", 2),
-    ("persist", 2),
-    ("vclock", -2),
-    ("resolve", 4),
+/// The names [`Keyspace::execute`] answers (lower case).
+pub const COMMANDS: &[&str] = &[
+    "get",
+    "set",
+    "setnx",
+    "setex",
+    "psetex",
+    "getset",
+    "getdel",
+    "getex",
+    "mget",
+    "mset",
+    "msetnx",
+    "append",
+    "strlen",
+    "incr",
+    "decr",
+    "incrby",
+    "decrby",
+    "incrbyfloat",
+    "del",
+    "unlink",
+    "exists",
+    "type",
+    "keys",
+    "scan",
+    "randomkey",
+    "dbsize",
+    "flushall",
+    "flushdb",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "ttl",
+    "pttl",
+    "expiretime",
+    "pexpiretime",
+    "persist",
+    "vclock",
+    "resolve",
 ];
+
+/// The arity of a keyspace command in Redis' convention (`n` = exactly `n`
+/// words with the name, `-n` = at least `n`); `None` for other names. The
+/// connection layer checks arity first; `execute` checks it again so that no
+/// argument count can make a handler index past the end.
+pub fn arity(name: &str) -> Option<i32> {
+    Some(match name {
+        "get" => 2,
+        "set" => -3,
+        "setnx" => 3,
+        "setex" => 4,
+        "psetex" => 4,
+        "getset" => 3,
+        "getdel" => 2,
+        "getex" => -2,
+        "mget" => -2,
+        "mset" => -3,
+        "msetnx" => -3,
+        "append" => 3,
+        "strlen" => 2,
+        "incr" => 2,
+        "decr" => 2,
+        "incrby" => 3,
+        "decrby" => 3,
+        "incrbyfloat" => 3,
+        "del" => -2,
+        "unlink" => -2,
+        "exists" => -2,
+        "type" => 2,
+        "keys" => 2,
+        "scan" => -2,
+        "randomkey" => 1,
+        "dbsize" => 1,
+        "flushall" => -1,
+        "flushdb" => -1,
+        "expire" => -3,
+        "pexpire" => -3,
+        "expireat" => -3,
+        "pexpireat" => -3,
+        "ttl" => 2,
+        "pttl" => 2,
+        "expiretime" => 2,
+        "pexpiretime" => 2,
+        "persist" => 2,
+        "vclock" => -2,
+        "resolve" => 4,
+        _ => return None,
+    })
+}
 
 /// Redis' arity check for a known command; `Err` for an unknown one.
 fn check_arity(name: &str, raw_name: &[u8], args: &[Bytes]) -> Result<()> {
-    let Some(&(_, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+    let Some(arity) = arity(name) else {
         return Err(unknown_command(raw_name, args));
     };
     let n = args.len() as i64;
@@ -561,4 +607,17 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_command_has_an_arity() {
+        for name in COMMANDS {
+            assert!(arity(name).is_some(), "{name} has no arity");
+        }
+        assert_eq!(arity("nosuch"), None);
+    }
 }
