@@ -177,7 +177,7 @@ pub struct KeyspaceInfo {
     pub keyspace_hits: u64,
     /// Reads that found nothing.
     pub keyspace_misses: u64,
-    /// Keys removed by active expiry.
+    /// Keys active expiry turned into tombstones (Redis' `expired_keys`).
     pub expired_keys: u64,
     /// This node's clock actor.
     pub actor: ActorId,
