@@ -604,3 +604,46 @@ async fn scan_misses_nothing_even_when_its_resume_slot_was_forgotten() {
     assert_eq!(seen[0].len(), 100);
     assert_eq!(seen[1].len(), 100);
 }
+
+#[tokio::test]
+async fn wrong_argument_counts_are_refused_not_indexed_past() {
+    let n = Node::new();
+    assert_eq!(
+        n.run(&["GET"]).await,
+        err("ERR wrong number of arguments for 'get' command")
+    );
+    assert_eq!(
+        n.run(&["SETEX", "k", "10"]).await,
+        err("ERR wrong number of arguments for 'setex' command")
+    );
+    assert_eq!(
+        n.run(&["RESOLVE", "k", "c"]).await,
+        err("ERR wrong number of arguments for 'resolve' command")
+    );
+    assert_eq!(
+        n.run(&["DBSIZE", "x"]).await,
+        err("ERR wrong number of arguments for 'dbsize' command")
+    );
+    assert_eq!(
+        n.run(&["MGET", "a", "b"]).await,
+        Reply::Array(vec![Reply::Null, Reply::Null])
+    );
+}
+
+#[tokio::test]
+async fn every_listed_command_is_dispatched() {
+    let n = Node::new();
+    for name in ringkv::server::keyspace::COMMANDS {
+        let arity = ringkv::server::keyspace::arity(name).expect("listed commands have an arity");
+        let mut args = vec![name.to_string()];
+        args.resize(arity.unsigned_abs() as usize, "1".to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = n.run(&args).await;
+        if let Reply::Error(text) = &reply {
+            assert!(
+                !text.contains("unknown command") && !text.contains("wrong number"),
+                "{name}: {text}"
+            );
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Whole-key commands: `DEL`/`UNLINK`, `EXISTS`, `TYPE`, `KEYS`, `SCAN`,
 //! `RANDOMKEY`, `DBSIZE`, `FLUSHALL`/`FLUSHDB` (Redis 7's `db.c`).
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use rand::Rng;
 
@@ -26,13 +28,12 @@ fn has_live(set: &SiblingSet, now: u64) -> bool {
 
 /// Distinct keys of `args[1..]`, in first-seen order.
 fn distinct_keys(args: &[Bytes]) -> Vec<Key<'_>> {
-    let mut out: Vec<Key<'_>> = Vec::with_capacity(args.len() - 1);
-    for arg in &args[1..] {
-        if !out.iter().any(|k| k.bytes == &arg[..]) {
-            out.push(Key::new(arg));
-        }
-    }
-    out
+    let mut seen: HashSet<&[u8]> = HashSet::with_capacity(args.len());
+    args[1..]
+        .iter()
+        .filter(|arg| seen.insert(&arg[..]))
+        .map(|arg| Key::new(arg))
+        .collect()
 }
 
 /// `DEL key [key ...]` / `UNLINK`: writes a tombstone version over each key

@@ -34,7 +34,7 @@
 //! only the entries that are due ([`expiry_due_range`]), a bounded batch at a
 //! time, and the index survives restarts with the data it describes. An entry
 //! is a hint, not the truth: the task re-checks the stored versions before it
-//! removes anything.
+//! tombstones anything.
 
 use std::ops::Bound;
 

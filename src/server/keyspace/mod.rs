@@ -177,7 +177,7 @@ pub struct KeyspaceInfo {
     pub keyspace_hits: u64,
     /// Reads that found nothing.
     pub keyspace_misses: u64,
-    /// Keys removed by active expiry.
+    /// Keys active expiry turned into tombstones (Redis' `expired_keys`).
     pub expired_keys: u64,
     /// This node's clock actor.
     pub actor: ActorId,
@@ -332,6 +332,7 @@ impl Keyspace {
             Some(n) => n,
             None => return Err(unknown_command(name, args)),
         };
+        check_arity(name_lower, name, args)?;
         match name_lower {
             // These read or rewrite many keys: keep them off the async threads.
             "keys" | "scan" | "randomkey" | "flushall" | "flushdb" => {
@@ -370,6 +371,8 @@ impl Keyspace {
                 .await;
                 match tick {
                     Ok(Ok(_)) => {}
+                    // A tick that raced with close() finds the engine closed.
+                    Ok(Err(_)) if shared.closed.load(Ordering::Acquire) => return,
                     Ok(Err(e)) => tracing::warn!(error = %e, "active expiry failed; retrying"),
                     Err(e) => tracing::error!(error = %e, "active expiry task panicked"),
                 }
@@ -508,6 +511,70 @@ pub const COMMANDS: &[&str] = &[
     "resolve",
 ];
 
+/// The arity of a keyspace command in Redis' convention (`n` = exactly `n`
+/// words with the name, `-n` = at least `n`); `None` for other names. The
+/// connection layer checks arity first; `execute` checks it again so that no
+/// argument count can make a handler index past the end.
+pub fn arity(name: &str) -> Option<i32> {
+    Some(match name {
+        "get" => 2,
+        "set" => -3,
+        "setnx" => 3,
+        "setex" => 4,
+        "psetex" => 4,
+        "getset" => 3,
+        "getdel" => 2,
+        "getex" => -2,
+        "mget" => -2,
+        "mset" => -3,
+        "msetnx" => -3,
+        "append" => 3,
+        "strlen" => 2,
+        "incr" => 2,
+        "decr" => 2,
+        "incrby" => 3,
+        "decrby" => 3,
+        "incrbyfloat" => 3,
+        "del" => -2,
+        "unlink" => -2,
+        "exists" => -2,
+        "type" => 2,
+        "keys" => 2,
+        "scan" => -2,
+        "randomkey" => 1,
+        "dbsize" => 1,
+        "flushall" => -1,
+        "flushdb" => -1,
+        "expire" => -3,
+        "pexpire" => -3,
+        "expireat" => -3,
+        "pexpireat" => -3,
+        "ttl" => 2,
+        "pttl" => 2,
+        "expiretime" => 2,
+        "pexpiretime" => 2,
+        "persist" => 2,
+        "vclock" => -2,
+        "resolve" => 4,
+        _ => return None,
+    })
+}
+
+/// Redis' arity check for a known command; `Err` for an unknown one.
+fn check_arity(name: &str, raw_name: &[u8], args: &[Bytes]) -> Result<()> {
+    let Some(arity) = arity(name) else {
+        return Err(unknown_command(raw_name, args));
+    };
+    let n = args.len() as i64;
+    let arity = i64::from(arity);
+    if (arity >= 0 && n != arity) || (arity < 0 && n < -arity) {
+        return Err(Error::invalid(format!(
+            "wrong number of arguments for '{name}' command"
+        )));
+    }
+    Ok(())
+}
+
 /// Redis' unknown-command error, arguments quoted as Redis quotes them.
 fn unknown_command(name: &[u8], args: &[Bytes]) -> Error {
     let mut shown = String::new();
@@ -540,4 +607,17 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_command_has_an_arity() {
+        for name in COMMANDS {
+            assert!(arity(name).is_some(), "{name} has no arity");
+        }
+        assert_eq!(arity("nosuch"), None);
+    }
 }

@@ -23,8 +23,8 @@
 //! close if the data is exactly what was counted ([`super::counts`]), and
 //! otherwise from a scan of the data. A
 //! "key" here is a stored set holding at least one value version, expired or
-//! not: like Redis, `DBSIZE` counts an expired key until it is reclaimed
-//! (active expiry does that within about 100 ms of its deadline).
+//! not: like Redis, `DBSIZE` counts an expired key until active expiry turns
+//! it into a tombstone (within about 100 ms of its deadline).
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

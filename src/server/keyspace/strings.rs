@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use super::args::{
     expire_at_ms, int_arg, Condition, ExpireKind, ExtendedArgs, ExtendedFor, NOT_AN_INTEGER,
 };
-use super::deps::{LiveValues, Payload, SiblingSet, Version};
+use super::deps::{ActorId, LiveValues, Payload, SiblingSet, Version};
 use super::extended::LongDouble;
 use super::number::parse_i64;
 use super::replica::{live, supersede, value_of, Change, Key};
@@ -52,12 +52,19 @@ pub fn count_lookup(shared: &Shared, found: bool) {
     }
 }
 
-/// The payload of a write with deadline `expires`: a deadline already
-/// passed deletes the key instead, as Redis does (`SET k v EXAT <past>`).
-fn value_until(value: Bytes, expires: Option<u64>, now: u64) -> Payload {
+/// Writes `value` until `expires` over everything `set` holds; a deadline
+/// already passed deletes the key instead (a tombstone), as Redis does for
+/// `SET k v EXAT <past>`.
+fn write_until(
+    actor: ActorId,
+    set: Option<SiblingSet>,
+    value: Bytes,
+    expires: Option<u64>,
+    now: u64,
+) -> SiblingSet {
     match expires {
-        Some(deadline) if deadline <= now => Payload::Tombstone,
-        _ => Payload::Value(value),
+        Some(deadline) if deadline <= now => supersede(actor, set, Payload::Tombstone, None, now),
+        _ => supersede(actor, set, Payload::Value(value), expires, now),
     }
 }
 
@@ -115,8 +122,10 @@ pub fn set(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         if !proceed {
             return Ok((reply, Change::Keep));
         }
-        let set = supersede(actor, set, value_until(value, expires, now), expires, now);
-        Ok((reply, Change::Put(set)))
+        Ok((
+            reply,
+            Change::Put(write_until(actor, set, value, expires, now)),
+        ))
     })?;
     Done::wrote(reply, wrote)
 }
@@ -146,13 +155,7 @@ pub fn setex(shared: &Shared, args: &[Bytes], now: u64, kind: ExpireKind) -> Res
     let actor = shared.replica.actor();
     let value = args[3].clone();
     let (_, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
-        let set = supersede(
-            actor,
-            set,
-            value_until(value, Some(deadline), now),
-            Some(deadline),
-            now,
-        );
+        let set = write_until(actor, set, value, Some(deadline), now);
         Ok(((), Change::Put(set)))
     })?;
     Done::wrote(Reply::OK, wrote)
@@ -199,13 +202,7 @@ pub fn getex(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
         let change = match &opts.expire {
             Some((kind, raw)) => {
                 let deadline = expire_at_ms(*kind, raw, now, "getex")?;
-                let payload = if deadline <= now {
-                    Payload::Tombstone
-                } else {
-                    Payload::Value(value.clone())
-                };
-                let expires = (deadline > now).then_some(deadline);
-                Change::Put(supersede(actor, set, payload, expires, now))
+                Change::Put(write_until(actor, set, value.clone(), Some(deadline), now))
             }
             None if opts.persist && expires.is_some() => Change::Put(supersede(
                 actor,

@@ -1,9 +1,10 @@
 //! `VCLOCK` and `RESOLVE`: the client's handle on versions (DESIGN.md §3).
 //!
 //! - `VCLOCK key` answers an opaque token: the causal context covering every
-//!   version this node holds for the key, tombstones included; nil if the key
-//!   was never seen (or was reclaimed). `VCLOCK key TEXT` gives the same
-//!   context in human form (`actor:counter` pairs).
+//!   version this node holds for the key, tombstones included; nil if the
+//!   key was never seen (or its tombstones were purged after the grace
+//!   period). `VCLOCK key TEXT` gives the same context in human form
+//!   (`actor:counter` pairs).
 //! - `VCLOCK key WITHVALUES` answers `[token, [value, ...]]` from one read, so
 //!   a program can read-modify-write without racing a write between two
 //!   commands. For a key never seen the token is the empty context and the
@@ -11,8 +12,11 @@
 //! - `RESOLVE key token value` writes `value` superseding exactly the versions
 //!   the token covers; versions written after the token was read stay as
 //!   siblings. A token that does not decode, or that claims counters beyond
-//!   what this key has seen (forged, or from before the key was reclaimed),
-//!   is refused with `ERR invalid context ...` and nothing is written.
+//!   what this key has seen (forged, taken from another key, or older than a
+//!   purge of the key's tombstones), is refused with `ERR invalid context
+//!   ...` and nothing is written. Like any client write, a `RESOLVE` that
+//!   would leave more versions than the sibling bound is refused with
+//!   `-CONFLICT too many siblings`.
 
 use bytes::Bytes;
 
