@@ -877,6 +877,11 @@ mod tests {
         for name in keyspace {
             let c = lookup(name.as_bytes()).unwrap_or_else(|| panic!("{name} missing"));
             assert_eq!(c.handler, Handler::Data, "{name}");
+            assert_eq!(
+                Some(c.arity),
+                crate::server::keyspace::arity(name),
+                "{name}: the table and the keyspace disagree on the arity"
+            );
         }
         for c in COMMANDS.iter().filter(|c| c.handler == Handler::Data) {
             assert!(
