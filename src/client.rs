@@ -13,6 +13,8 @@
 //! Pipelining: [`Client::pipeline`] writes a batch of commands in one write and
 //! then reads their replies in order; [`Client::queue`], [`Client::flush`] and
 //! [`Client::read_reply`] are the same in pieces, for callers that interleave.
+//! RESP3 push messages (client tracking, pub/sub) never take a reply's place:
+//! they are set aside for [`Client::take_pushes`].
 //!
 //! Why not the `redis` crate: the REPL must show every reply type exactly as
 //! the server sent it (simple vs bulk strings, RESP3 doubles, verbatim text,
@@ -83,6 +85,8 @@ pub struct Client {
     /// One entry per reply still owed, in order: the protocol a successful
     /// reply switches to (for `HELLO`).
     owed: VecDeque<Option<ProtocolVersion>>,
+    /// RESP3 push messages that arrived between replies.
+    pushes: VecDeque<Value>,
 }
 
 impl Client {
@@ -112,6 +116,7 @@ impl Client {
             decoder: ValueDecoder::default(),
             proto: ProtocolVersion::Resp2,
             owed: VecDeque::new(),
+            pushes: VecDeque::new(),
         };
         let user = opts.user.as_deref().unwrap_or("default");
         let handshake: Option<Vec<&str>> = match (opts.resp3, opts.password.as_deref()) {
@@ -175,7 +180,9 @@ impl Client {
         Ok(())
     }
 
-    /// Read the next reply (of a queued command, or a RESP3 push message).
+    /// Read the reply to the oldest command not yet answered. RESP3 push
+    /// messages that arrive in between are kept for
+    /// [`take_pushes`](Self::take_pushes).
     pub async fn read_reply(&mut self) -> Result<Value> {
         loop {
             let decoded = self
@@ -183,7 +190,10 @@ impl Client {
                 .decode(&mut self.read_buf)
                 .map_err(|e| Error::invalid(format!("from server: {e}")))?;
             match decoded {
-                Some(Value::Push(items)) => return Ok(Value::Push(items)),
+                Some(Value::Push(items)) => {
+                    self.pushes.push_back(Value::Push(items));
+                    continue;
+                }
                 Some(value) => {
                     if let Some(Some(version)) = self.owed.pop_front() {
                         if !value.is_error() {
@@ -199,6 +209,11 @@ impl Client {
                 return Err(Error::Closed("connection"));
             }
         }
+    }
+
+    /// Push messages received so far (oldest first), emptying the store.
+    pub fn take_pushes(&mut self) -> Vec<Value> {
+        self.pushes.drain(..).collect()
     }
 
     /// Replies still owed for commands already flushed.
@@ -421,6 +436,29 @@ mod tests {
         }
         opts.password = Some("secret".into());
         assert!(Client::connect_with(&opts).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn push_messages_are_set_aside_and_do_not_take_a_replys_place() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = socket.read(&mut request).await;
+            let invalidate_then_pong = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n+PONG\r\n";
+            socket.write_all(invalidate_then_pong).await.unwrap();
+            let _ = socket.read(&mut request).await;
+        });
+        let mut c = Client::connect("127.0.0.1", port).await.unwrap();
+        assert_eq!(
+            c.send(&["PING"]).await.unwrap(),
+            Value::Status("PONG".into())
+        );
+        let pushes = c.take_pushes();
+        assert_eq!(pushes.len(), 1);
+        assert_eq!(pushes[0].as_array().map(|a| a.len()), Some(2));
+        assert!(c.take_pushes().is_empty());
     }
 
     #[tokio::test]

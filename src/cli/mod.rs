@@ -104,6 +104,10 @@ impl CliArgs {
 /// The binary's whole life: parse flags, pick a mode, run it.
 pub fn main() -> ExitCode {
     let args = CliArgs::parse();
+    if args.password.is_some() && std::env::var_os("RINGKV_CLI_AUTH").is_none() {
+        // The same warning redis-cli gives: the password shows in `ps`.
+        eprintln!("Warning: Using a password with '-a' option on the command line interface may not be safe.");
+    }
     let raw = if args.raw {
         true
     } else if args.no_raw {
@@ -204,9 +208,25 @@ impl Session {
         result
     }
 
+    /// RESP3 push messages that arrived since the last call.
+    pub fn take_pushes(&mut self) -> Vec<Value> {
+        self.client
+            .as_mut()
+            .map(Client::take_pushes)
+            .unwrap_or_default()
+    }
+
     /// The text redis-cli prints when it cannot reach the server.
     pub fn connect_error(&self, e: &Error) -> String {
         match e {
+            Error::Refused {
+                code: "NOPROTO", ..
+            } => {
+                format!(
+                    "HELLO 3 failed (the server speaks RESP2 only?): {}",
+                    e.to_resp()
+                )
+            }
             Error::Refused { .. } => format!("AUTH failed: {}", e.to_resp()),
             _ => format!(
                 "Could not connect to ringkv at {}:{}: {}",
