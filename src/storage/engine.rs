@@ -291,9 +291,7 @@ impl Engine {
             |seq, op| {
                 match op {
                     BatchOp::Put(key, value) => mem.insert_put(key, value, seq),
-                    BatchOp::Delete(key) => {
-                        mem.insert(Bytes::copy_from_slice(key), seq, Entry::Tombstone)
-                    }
+                    BatchOp::Delete(key) => mem.insert_delete(key, seq),
                 }
                 Ok(())
             },
@@ -311,7 +309,7 @@ impl Engine {
                 .max(manifest_data.log_start.0.saturating_sub(1))
                 + 1,
         );
-        let wal = WalWriter::create(dir, next_segment, last_seq)?;
+        let wal = WalWriter::create(dir, next_segment, last_seq, opts.wal_segment_bytes)?;
         if report.records > 0 || report.bytes_dropped > 0 {
             tracing::info!(
                 dir = %dir.display(),
@@ -384,16 +382,18 @@ impl Engine {
 
     /// Set `key` to `value`. Durable on return under `fsync always`.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.put(key, value);
-        self.write(&batch).map(|_| ())
+        with_scratch_batch(|batch| {
+            batch.put(key, value);
+            self.write(batch).map(|_| ())
+        })
     }
 
     /// Delete `key`. Durable on return under `fsync always`.
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.delete(key);
-        self.write(&batch).map(|_| ())
+        with_scratch_batch(|batch| {
+            batch.delete(key);
+            self.write(batch).map(|_| ())
+        })
     }
 
     /// Apply `batch` atomically and return the sequence number of its last
@@ -568,7 +568,8 @@ fn close(inner: &Arc<Inner>, threads: &Mutex<Vec<JoinHandle<()>>>) -> Result<()>
         let mut state = inner.write.lock();
         state
             .wal
-            .prepare_sync()
+            .trim()
+            .and_then(|()| state.wal.prepare_sync())
             .and_then(|(file, _)| Ok(file.sync_data()?))
     };
     *inner.lock_file.lock() = None;
@@ -612,9 +613,7 @@ impl Inner {
                     puts += 1;
                 }
                 BatchOp::Delete(key) => {
-                    state
-                        .active
-                        .insert(Bytes::copy_from_slice(key), seq, Entry::Tombstone);
+                    state.active.insert_delete(key, seq);
                     deletes += 1;
                 }
             }
@@ -997,6 +996,29 @@ impl Inner {
             cache_pinned_bytes: cache.pinned_bytes,
         }
     }
+}
+
+thread_local! {
+    /// A per-thread batch reused by single puts and deletes, so they do not
+    /// allocate one each.
+    static SCRATCH_BATCH: std::cell::RefCell<WriteBatch> = std::cell::RefCell::new(WriteBatch::new());
+}
+
+/// Run `f` with this thread's cleared scratch batch (or a fresh one if it is
+/// already in use further up the stack).
+fn with_scratch_batch<T>(f: impl FnOnce(&mut WriteBatch) -> T) -> T {
+    SCRATCH_BATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut batch) => {
+            batch.clear();
+            let result = f(&mut batch);
+            if batch.encoded_ops().len() > 64 << 10 {
+                // Do not keep a huge key's buffer for the thread's lifetime.
+                *batch = WriteBatch::new();
+            }
+            result
+        }
+        Err(_) => f(&mut WriteBatch::new()),
+    })
 }
 
 fn into_value(entry: Entry) -> Option<Bytes> {
