@@ -429,3 +429,137 @@ async fn keys_patterns_match_redis_server_on_random_globs() {
         diffs.join("\n")
     );
 }
+
+/// A random command over five keys, valid or not: the string, key and expiry
+/// commands with their options, values that are words, integers, floats or
+/// overflow bait. Expiry times are either far (>= 100 s) or invalid, so the
+/// two servers never disagree because a key expired between their replies.
+fn random_command(next: &mut impl FnMut(u64) -> u64) -> Vec<String> {
+    let pick = |next: &mut dyn FnMut(u64) -> u64, options: &[&str]| -> String {
+        options[next(options.len() as u64) as usize].to_string()
+    };
+    let key = |next: &mut dyn FnMut(u64) -> u64| format!("k{}", next(5));
+    let value = |next: &mut dyn FnMut(u64) -> u64| {
+        pick(
+            next,
+            &[
+                "v",
+                "1",
+                "-7",
+                "10.5",
+                "x y",
+                "",
+                "9223372036854775807",
+                "1e3",
+                "0x10",
+                "abc",
+            ],
+        )
+    };
+    let seconds = |next: &mut dyn FnMut(u64) -> u64| pick(next, &["100", "1000", "0", "-5", "abc"]);
+    let mut cmd: Vec<String> = Vec::new();
+    match next(22) {
+        0 | 1 => {
+            cmd.extend(["SET".into(), key(next), value(next)]);
+            for _ in 0..next(3) {
+                match next(6) {
+                    0 => cmd.push("NX".into()),
+                    1 => cmd.push("XX".into()),
+                    2 => cmd.push("GET".into()),
+                    3 => cmd.push("KEEPTTL".into()),
+                    4 => cmd.extend(["EX".into(), seconds(next)]),
+                    _ => cmd.extend(["PX".into(), format!("{}000", seconds(next))]),
+                }
+            }
+        }
+        2 => cmd.extend(["GET".into(), key(next)]),
+        3 => cmd.extend(["DEL".into(), key(next), key(next)]),
+        4 => cmd.extend(["EXISTS".into(), key(next), key(next)]),
+        5 => cmd.extend(["APPEND".into(), key(next), value(next)]),
+        6 => cmd.extend(["STRLEN".into(), key(next)]),
+        7 => cmd.extend(["INCR".into(), key(next)]),
+        8 => cmd.extend(["INCRBY".into(), key(next), value(next)]),
+        9 => cmd.extend(["DECRBY".into(), key(next), value(next)]),
+        10 => cmd.extend(["INCRBYFLOAT".into(), key(next), value(next)]),
+        11 => cmd.extend(["GETSET".into(), key(next), value(next)]),
+        12 => cmd.extend(["GETDEL".into(), key(next)]),
+        13 => {
+            cmd.extend(["GETEX".into(), key(next)]);
+            match next(3) {
+                0 => cmd.extend(["EX".into(), seconds(next)]),
+                1 => cmd.push("PERSIST".into()),
+                _ => {}
+            }
+        }
+        14 => cmd.extend(["SETNX".into(), key(next), value(next)]),
+        15 => cmd.extend([
+            "MSET".into(),
+            key(next),
+            value(next),
+            key(next),
+            value(next),
+        ]),
+        16 => cmd.extend([
+            "MSETNX".into(),
+            key(next),
+            value(next),
+            key(next),
+            value(next),
+        ]),
+        17 => {
+            cmd.extend(["EXPIRE".into(), key(next), seconds(next)]);
+            if next(2) == 0 {
+                cmd.push(pick(next, &["NX", "XX", "GT", "LT", "FOO"]));
+            }
+        }
+        18 => cmd.extend(["PERSIST".into(), key(next)]),
+        19 => cmd.extend(["TTL".into(), key(next)]),
+        20 => cmd.extend(["TYPE".into(), key(next)]),
+        _ => cmd.extend(["SETEX".into(), key(next), seconds(next), value(next)]),
+    }
+    cmd
+}
+
+#[tokio::test]
+async fn random_command_sequences_answer_like_redis_server() {
+    let Some(redis) = start_redis() else {
+        eprintln!("redis-server is not installed: parity test skipped");
+        return;
+    };
+    let mut stream = TcpStream::connect(("127.0.0.1", redis.port)).expect("connect");
+    let mut buf = BytesMut::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ks = Keyspace::open(dir.path(), KeyspaceOptions::default()).expect("open");
+    let mut state = 0x51_7CC1_B727_220Au64;
+    let mut next = |bound: u64| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound
+    };
+    let mut diffs = Vec::new();
+    for step in 0..2000 {
+        let words = random_command(&mut next);
+        let args: Vec<bytes::Bytes> = words
+            .iter()
+            .map(|w| bytes::Bytes::copy_from_slice(w.as_bytes()))
+            .collect();
+        let mut request = BytesMut::new();
+        encode_command(&args, &mut request);
+        stream.write_all(&request).expect("write to redis-server");
+        let theirs = read_value(&mut stream, &mut buf);
+        let ours = decoded(&ks.execute(&args).await);
+        if theirs != ours {
+            diffs.push(format!(
+                "step {step} {words:?}: redis {theirs:?}, ringkv {ours:?}"
+            ));
+        }
+    }
+    ks.close().expect("close");
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}

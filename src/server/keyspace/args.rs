@@ -64,9 +64,11 @@ pub struct ExtendedArgs {
 }
 
 impl ExtendedArgs {
-    /// Parses `options` the way Redis 7 does: each option at most once in
-    /// conflicting combinations, anything unknown or misplaced is `ERR syntax
-    /// error`. The expiry value itself is checked later by [`expire_at_ms`].
+    /// Parses `options` the way Redis 7 does: conflicting options (`NX` and
+    /// `XX`, two kinds of expiry, an expiry and `KEEPTTL`/`PERSIST`) and
+    /// anything unknown or misplaced are `ERR syntax error`; a repeated option
+    /// is allowed and the last expiry value wins. The expiry value itself is
+    /// checked later by [`expire_at_ms`].
     pub fn parse(options: &[Bytes], command: ExtendedFor) -> Result<ExtendedArgs> {
         let mut parsed = ExtendedArgs {
             condition: Condition::Always,
@@ -80,7 +82,6 @@ impl ExtendedArgs {
         while i < options.len() {
             let opt = &options[i][..];
             let next = options.get(i + 1);
-            let no_expiry_yet = parsed.expire.is_none() && !parsed.keep_ttl && !parsed.persist;
             if set && is(opt, "nx") && parsed.condition != Condition::IfPresent {
                 parsed.condition = Condition::IfAbsent;
             } else if set && is(opt, "xx") && parsed.condition != Condition::IfAbsent {
@@ -91,8 +92,13 @@ impl ExtendedArgs {
                 parsed.keep_ttl = true;
             } else if !set && is(opt, "persist") && parsed.expire.is_none() {
                 parsed.persist = true;
-            } else if let (Some(kind), Some(value), true) = (expire_kind(opt), next, no_expiry_yet)
-            {
+            } else if let (Some(kind), Some(value)) = (expire_kind(opt), next) {
+                // Redis 7 refuses mixing expiry kinds but lets one kind repeat
+                // (`EX 1 EX 2`), the last one winning.
+                let other_kind = parsed.expire.as_ref().is_some_and(|(k, _)| *k != kind);
+                if other_kind || parsed.keep_ttl || parsed.persist {
+                    return Err(syntax_error());
+                }
                 parsed.expire = Some((kind, value.clone()));
                 i += 1;
             } else {
@@ -170,6 +176,12 @@ mod tests {
         );
         assert!(set(&["KEEPTTL", "XX"]).expect("valid").keep_ttl);
         assert!(set(&["NX", "NX"]).is_ok(), "repeating NX is allowed");
+        let repeated = set(&["EX", "1", "EX", "abc"]).expect("one kind may repeat");
+        assert_eq!(
+            repeated.expire,
+            Some((ExpireKind::Ex, Bytes::from_static(b"abc"))),
+            "the last value wins"
+        );
     }
 
     #[test]
