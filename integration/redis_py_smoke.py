@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""redis-py against a running ringkv: RESP2 and RESP3 (protocol=3 explicitly,
-since redis-py before 8 defaults to RESP2), pipelines, errors, client naming.
+"""redis-py against a running ringkv: its default protocol (RESP3 from
+redis-py 8 on), then RESP2 and RESP3 explicitly (redis-py before 8 defaults
+to RESP2); pipelines, errors, client naming.
 
 Usage: redis_py_smoke.py PORT
 Exits non-zero with a message on the first mismatch.
@@ -16,9 +17,10 @@ def check(what, got, want):
 
 
 def main(port):
-    for proto in (2, 3):
-        r = redis.Redis(host="127.0.0.1", port=port, protocol=proto, decode_responses=True,
-                        client_name=f"smoke-{proto}")
+    for proto in (None, 2, 3):
+        kwargs = {} if proto is None else {"protocol": proto}
+        r = redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
+                        client_name=f"smoke-{proto}", **kwargs)
         check("ping", r.ping(), True)
         check("set", r.set(f"py{proto}:k", "v"), True)
         check("get", r.get(f"py{proto}:k"), "v")
