@@ -167,6 +167,10 @@ pub struct Config {
     pub memtable_size: ByteSize,
     /// Size of the storage engine's block cache, in bytes. Default `64mb`.
     pub block_cache_size: ByteSize,
+    /// Threads that run client connections (tokio workers); `0` (default)
+    /// means one per CPU core. Storage flushes and compactions have threads
+    /// of their own.
+    pub threads: usize,
     /// Log filter used when `RUST_LOG` is not set (tracing `EnvFilter`
     /// syntax, e.g. `info` or `ringkv=debug`). Default `info`.
     pub log_level: String,
@@ -195,6 +199,7 @@ impl Default for Config {
             timeout: 0,
             memtable_size: ByteSize::mib(64),
             block_cache_size: ByteSize::mib(64),
+            threads: 0,
             log_level: "info".to_string(),
             join: Vec::new(),
             advertise: None,
@@ -239,6 +244,7 @@ impl Config {
             timeout,
             memtable_size,
             block_cache_size,
+            threads,
             log_level,
             join
         );
@@ -253,7 +259,7 @@ impl Config {
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = &c.$field { self.$field = v.clone(); } )* };
         }
-        take!(port, bind, dir, maxclients, timeout, log_level);
+        take!(port, bind, dir, maxclients, timeout, threads, log_level);
         if let Some(v) = &c.fsync {
             self.fsync = v.parse()?;
         }
@@ -289,6 +295,11 @@ impl Config {
         if self.client_output_buffer_limit.bytes() < 1024 {
             return Err(Error::invalid(
                 "client-output-buffer-limit must be at least 1kb",
+            ));
+        }
+        if self.threads > 1024 {
+            return Err(Error::invalid(
+                "threads must be at most 1024 (0 = one per core)",
             ));
         }
         if self.memtable_size.bytes() < 64 * 1024 {
@@ -379,6 +390,7 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16)> {
 /// timeout = 0                 # seconds; 0 = never close idle clients
 /// memtable-size = "64mb"
 /// block-cache-size = "64mb"
+/// threads = 0                 # 0 = one per CPU core
 /// log-level = "info"
 /// # requirepass = "secret"
 /// # join = ["127.0.0.1:7000"]
@@ -400,6 +412,7 @@ pub struct FileConfig {
     pub timeout: Option<u64>,
     pub memtable_size: Option<ByteSize>,
     pub block_cache_size: Option<ByteSize>,
+    pub threads: Option<usize>,
     pub log_level: Option<String>,
     pub join: Option<Vec<String>>,
     pub advertise: Option<String>,
@@ -467,6 +480,9 @@ pub struct CliArgs {
     /// Block cache size [default: 64mb].
     #[arg(long, env = "RINGKV_BLOCK_CACHE_SIZE", value_name = "SIZE")]
     pub block_cache_size: Option<String>,
+    /// Threads serving clients; 0 = one per CPU core [default: 0].
+    #[arg(long, env = "RINGKV_THREADS")]
+    pub threads: Option<usize>,
     /// Log filter when RUST_LOG is unset, e.g. info, debug [default: info].
     #[arg(long, env = "RINGKV_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,

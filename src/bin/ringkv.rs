@@ -28,10 +28,11 @@ fn main() -> std::process::ExitCode {
 
     raise_fd_limit(u64::from(config.maxclients) + RESERVED_FDS);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        builder.worker_threads(config.threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ringkv: cannot start the async runtime: {e}");

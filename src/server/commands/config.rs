@@ -238,6 +238,11 @@ static PARAMS: &[Param] = &[
         set: None,
     },
     Param {
+        name: "threads",
+        get: |c| c.shared.config.threads.to_string(),
+        set: None,
+    },
+    Param {
         name: "loglevel",
         get: |c| c.shared.config.log_level.clone(),
         set: None,
