@@ -21,7 +21,7 @@
 //!
 //! Shutdown is observed only between batches: a batch that was read is
 //! executed and answered before the connection closes. A write to a client
-//! that does not read gets [`SHUTDOWN_WRITE_GRACE`] once shutdown is asked.
+//! that does not read gets `SHUTDOWN_WRITE_GRACE` (5 s) once shutdown is asked.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;

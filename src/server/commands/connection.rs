@@ -1,5 +1,5 @@
 //! Connection commands: PING, HELLO, AUTH, SELECT and CLIENT's subcommands
-//! (ECHO and QUIT are one-liners in the dispatcher of [`super::run`]).
+//! (ECHO and QUIT are one-liners in `commands::run`).
 //!
 //! Texts follow Redis 7. One departure: `HELLO` reports `server: ringkv` (so a
 //! human can tell what answered) but `version: 7.2.0` (see
