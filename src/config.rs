@@ -183,6 +183,15 @@ pub struct Config {
     pub peer_port: Option<u16>,
     /// Shared secret peers must prove they know (HMAC challenge). Default: none.
     pub cluster_secret: Option<String>,
+    /// Milliseconds between gossip rounds. Default: none (the membership
+    /// default, 1000). Shorter values are for tests and local trials.
+    pub gossip_interval_ms: Option<u64>,
+    /// Milliseconds of silence before a member is suspected. Default: none
+    /// (the membership default, 5000).
+    pub gossip_suspect_ms: Option<u64>,
+    /// Milliseconds of silence before a member is down. Default: none (the
+    /// membership default, 10000).
+    pub gossip_down_ms: Option<u64>,
 }
 
 impl Default for Config {
@@ -205,6 +214,9 @@ impl Default for Config {
             advertise: None,
             peer_port: None,
             cluster_secret: None,
+            gossip_interval_ms: None,
+            gossip_suspect_ms: None,
+            gossip_down_ms: None,
         }
     }
 }
@@ -251,7 +263,15 @@ impl Config {
         macro_rules! take_opt {
             ($($field:ident),*) => { $( if f.$field.is_some() { self.$field = f.$field.clone(); } )* };
         }
-        take_opt!(requirepass, advertise, peer_port, cluster_secret);
+        take_opt!(
+            requirepass,
+            advertise,
+            peer_port,
+            cluster_secret,
+            gossip_interval_ms,
+            gossip_suspect_ms,
+            gossip_down_ms
+        );
     }
 
     /// Overrides the fields given as flags or `RINGKV_*` variables.
@@ -278,7 +298,15 @@ impl Config {
         macro_rules! take_opt {
             ($($field:ident),*) => { $( if c.$field.is_some() { self.$field = c.$field.clone(); } )* };
         }
-        take_opt!(requirepass, advertise, peer_port, cluster_secret);
+        take_opt!(
+            requirepass,
+            advertise,
+            peer_port,
+            cluster_secret,
+            gossip_interval_ms,
+            gossip_suspect_ms,
+            gossip_down_ms
+        );
         Ok(())
     }
 
@@ -397,6 +425,9 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16)> {
 /// # advertise = "10.0.0.5"
 /// # peer-port = 17000
 /// # cluster-secret = "..."
+/// # gossip-interval-ms = 1000
+/// # gossip-suspect-ms = 5000
+/// # gossip-down-ms = 10000
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -418,6 +449,9 @@ pub struct FileConfig {
     pub advertise: Option<String>,
     pub peer_port: Option<u16>,
     pub cluster_secret: Option<String>,
+    pub gossip_interval_ms: Option<u64>,
+    pub gossip_suspect_ms: Option<u64>,
+    pub gossip_down_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -503,6 +537,15 @@ pub struct CliArgs {
     /// Secret peers must share to join [default: none].
     #[arg(long, env = "RINGKV_CLUSTER_SECRET", value_name = "SECRET")]
     pub cluster_secret: Option<String>,
+    /// Milliseconds between gossip rounds [default: 1000].
+    #[arg(long, env = "RINGKV_GOSSIP_INTERVAL_MS", value_name = "MS")]
+    pub gossip_interval_ms: Option<u64>,
+    /// Milliseconds of silence before a peer is suspected [default: 5000].
+    #[arg(long, env = "RINGKV_GOSSIP_SUSPECT_MS", value_name = "MS")]
+    pub gossip_suspect_ms: Option<u64>,
+    /// Milliseconds of silence before a peer is marked down [default: 10000].
+    #[arg(long, env = "RINGKV_GOSSIP_DOWN_MS", value_name = "MS")]
+    pub gossip_down_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@
 //! - [`clients`], [`stats`]: what `CLIENT LIST` and `INFO` report.
 
 pub mod clients;
+pub mod cluster_node;
 pub mod commands;
 pub mod connection;
 pub mod dispatch;
@@ -86,6 +87,8 @@ pub struct Shared {
     pub run_id: String,
     /// The address the listener is bound to.
     pub local_addr: SocketAddr,
+    /// Membership and gossip (the data path is not wired yet).
+    pub cluster: cluster_node::ClusterNode,
     shutdown: watch::Sender<bool>,
 }
 
@@ -129,6 +132,7 @@ impl Server {
         let keyspace = Keyspace::open(&config.dir, keyspace_options(&config))?;
         let listener = TcpListener::bind((config.bind, config.port)).await?;
         let local_addr = listener.local_addr()?;
+        let cluster = cluster_node::ClusterNode::start(&config, local_addr).await?;
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             live: LiveConfig::new(&config),
@@ -139,6 +143,7 @@ impl Server {
             started: Instant::now(),
             run_id: random_run_id(),
             local_addr,
+            cluster,
             shutdown,
         });
         Ok(Server { listener, shared })
@@ -186,6 +191,7 @@ impl Server {
         drop(done_tx);
         let _ = done_rx.recv().await;
         sampler.abort();
+        shared.cluster.shutdown().await;
         let keyspace = shared.keyspace.clone();
         let closed = tokio::task::spawn_blocking(move || keyspace.close())
             .await

@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "replication",
     "cpu",
     "keyspace",
+    "cluster",
     "ringkv",
 ];
 
@@ -179,6 +180,7 @@ fn section(s: &Shared, name: &str, out: &mut String) {
                 line!("db0:keys={},expires={},avg_ttl=0", ks.keys, ks.expires);
             }
         }
+        "cluster" => s.cluster.info_section(out),
         "ringkv" => {
             let ks = s.keyspace.info();
             let e = &ks.engine;

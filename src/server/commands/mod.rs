@@ -60,6 +60,7 @@ pub(crate) fn run(cmd: ServerCmd, ctx: &mut Ctx<'_>, args: &[Bytes]) -> (Option<
         ConfigHelp => help(config::CONFIG_HELP),
         Time => server::time(),
         Shutdown => return server::shutdown(ctx, args),
+        Cluster(c) => crate::server::cluster_node::command(c, ctx, args),
     };
     (Some(reply), Flow::Continue)
 }

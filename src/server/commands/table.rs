@@ -62,6 +62,8 @@ pub enum ServerCmd {
     ConfigHelp,
     Time,
     Shutdown,
+    /// `CLUSTER ...`, run by the cluster node.
+    Cluster(crate::server::cluster_node::ClusterCmd),
 }
 
 /// Command flags, as `COMMAND INFO` names them.
@@ -399,6 +401,7 @@ const GENERIC: &str = "generic";
 const CONNECTION: &str = "connection";
 const SERVER: &str = "server";
 const RINGKV: &str = "ringkv";
+const CLUSTER: &str = "cluster";
 
 const CLIENT_SUBCOMMANDS: &[CommandSpec] = &[
     cmd(
@@ -593,6 +596,38 @@ const CONFIG_SUBCOMMANDS: &[CommandSpec] = &[
     .server(ServerCmd::ConfigHelp),
 ];
 
+const CLUSTER_SUBCOMMANDS: &[CommandSpec] = {
+    use crate::server::cluster_node::ClusterCmd as C;
+    &[
+        cmd("cluster|nodes", 2, LOADING | STALE, CLUSTER, "3.0.0", "Returns the cluster's members as this node sees them: id, addresses, status, heartbeat, incarnation, partitions owned.")
+            .complexity("O(N) where N is the number of members")
+            .server(ServerCmd::Cluster(C::Nodes)),
+        cmd("cluster|info", 2, LOADING | STALE, CLUSTER, "3.0.0", "Returns N/R/W, Q, member counts and this node's state.")
+            .server(ServerCmd::Cluster(C::Info)),
+        cmd("cluster|meet", 4, ADMIN | NOSCRIPT | STALE, CLUSTER, "3.0.0", "Joins the cluster of the node listening for clients at host:port.")
+            .args(&[ArgDoc::string("ip"), ArgDoc::integer("port")])
+            .server(ServerCmd::Cluster(C::Meet)),
+        cmd("cluster|forget", 3, ADMIN | NOSCRIPT | STALE, CLUSTER, "3.0.0", "Removes a member from the cluster (until it restarts).")
+            .args(&[ArgDoc::string("node-id")])
+            .server(ServerCmd::Cluster(C::Forget)),
+        cmd("cluster|leave", 2, ADMIN | NOSCRIPT | STALE, CLUSTER, "0.1.0", "Makes this node leave the cluster.")
+            .server(ServerCmd::Cluster(C::Leave)),
+        cmd("cluster|preflist", 3, LOADING | STALE, CLUSTER, "0.1.0", "Returns the nodes that own a key (then its fallbacks), with their addresses.")
+            .args(&[ArgDoc::string("key")])
+            .complexity("O(N) where N is the number of members")
+            .server(ServerCmd::Cluster(C::Preflist)),
+        cmd("cluster|partitions", 2, LOADING | STALE, CLUSTER, "0.1.0", "Returns partition ranges and their owners.")
+            .complexity("O(Q) where Q is the number of partitions")
+            .server(ServerCmd::Cluster(C::Partitions)),
+        cmd("cluster|myid", 2, LOADING | STALE, CLUSTER, "3.0.0", "Returns this node's id.")
+            .server(ServerCmd::Cluster(C::MyId)),
+        cmd("cluster|mypeeraddr", 2, LOADING | STALE | NO_AUTH, CLUSTER, "0.1.0", "Returns this node's internode address (what --join asks a seed for).")
+            .server(ServerCmd::Cluster(C::MyPeerAddr)),
+        cmd("cluster|help", 2, LOADING | STALE, CLUSTER, "5.0.0", HELP_SUMMARY)
+            .server(ServerCmd::Cluster(C::Help)),
+    ]
+};
+
 /// Every command ringkv answers.
 pub static COMMANDS: &[CommandSpec] = &[
     // ---- connection ----
@@ -641,6 +676,9 @@ pub static COMMANDS: &[CommandSpec] = &[
     cmd("config", -2, 0, SERVER, "2.0.0", "A container for server configuration commands.")
         .complexity("Depends on subcommand.")
         .container(CONFIG_SUBCOMMANDS),
+    cmd("cluster", -2, 0, CLUSTER, "3.0.0", "A container for cluster commands.")
+        .complexity("Depends on subcommand.")
+        .container(CLUSTER_SUBCOMMANDS),
     cmd("time", 1, LOADING | STALE | FAST, SERVER, "2.6.0", "Returns the server time.")
         .server(ServerCmd::Time),
     cmd("shutdown", -1, ADMIN | NOSCRIPT | LOADING | STALE | NO_MULTI | ALLOW_BUSY, SERVER, "1.0.0", "Syncs the data to disk and shuts down the server.")
