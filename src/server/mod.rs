@@ -41,6 +41,9 @@
 //!   data commands live in the keyspace.
 //! - [`keyspace`]: the versioned data commands over the storage engine.
 //! - [`clients`], [`stats`]: what `CLIENT LIST` and `INFO` report.
+//! - [`peer`]: the internode transport.
+//! - [`cluster_node`]: gossip membership over the transport and the `CLUSTER`
+//!   commands (membership only: keys are still served locally).
 
 pub mod clients;
 pub mod cluster_node;
