@@ -61,6 +61,19 @@
 //! and data-path messages (`Put`, `Get`, `Forward`) arriving on the peer port
 //! are counted and dropped.
 //!
+//! Gossip whose `from` differs from the node id the connection's handshake
+//! named is dropped too: with a cluster secret that id is proven, so a peer
+//! cannot speak for another (it can still relay news about others; that is
+//! what gossip is).
+//!
+//! # INFO
+//!
+//! `INFO cluster` has members up/suspect/down, gossip rounds, messages
+//! received, refused and malformed, and the transport's counters (client and
+//! listener added). `cluster_enabled` stays `0`, as Redis defines it: ringkv
+//! does not speak Redis Cluster (slots, `MOVED`), and smart clients that read
+//! `1` would switch to it.
+//!
 //! # Commands
 //!
 //! `CLUSTER NODES | INFO | MEET host port | FORGET node-id | LEAVE |
@@ -140,7 +153,8 @@ pub const CLUSTER_HELP: &[&str] = &[
     "LEAVE",
     "    Leave the cluster: this node gives up its partitions until it restarts.",
     "PREFLIST <key>",
-    "    The N nodes that own <key>, then its fallbacks, with their addresses.",
+    "    The N nodes that own <key>, then its fallbacks, one row each:",
+    "    id, client address, peer address, owner|fallback, status, partition.",
     "PARTITIONS",
     "    Partition ranges and their owners (short ids, primary first).",
     "MYID",
@@ -247,7 +261,9 @@ impl ClusterNode {
             ..PeerConfig::new(listener_id)
         };
         let bind = SocketAddr::new(config.bind, peer_port);
-        let listener = PeerListener::bind(bind, provisional.clone(), handler).await?;
+        let listener = PeerListener::bind(bind, provisional.clone(), handler)
+            .await
+            .map_err(|e| Error::invalid(format!("cannot listen for peers on {bind}: {e}")))?;
         let addr = join_host_port(&host, client_addr.port());
         let peer_addr = join_host_port(&host, listener.local_addr().port());
         let id = NodeId::from_peer_addr(&peer_addr);
@@ -349,7 +365,9 @@ impl ClusterNode {
             out.push_str("\r\n");
         };
         line("# Cluster".into());
-        line("cluster_enabled:1".into());
+        // Redis' meaning: "speaks Redis Cluster" (slots, MOVED). ringkv does
+        // not; clients that read 1 here would switch to cluster mode.
+        line("cluster_enabled:0".into());
         line(format!("cluster_members_up:{up}"));
         line(format!("cluster_members_suspect:{suspect}"));
         line(format!("cluster_members_down:{down}"));
@@ -439,8 +457,11 @@ impl Core {
     }
 
     fn rebuild_ring(&self) {
-        let ring = self.membership.lock().ring();
-        match ring {
+        // Built and published under the membership lock, so two rebuilds
+        // racing cannot publish an older member set last. (Lock order:
+        // membership, then ring; readers never nest them.)
+        let membership = self.membership.lock();
+        match membership.ring() {
             Ok(ring) => *self.ring.write() = Arc::new(RingView::new(ring)),
             // Only an empty member set (this node left and everyone else is
             // gone) fails; keep the last ring for PREFLIST and friends.
