@@ -338,3 +338,50 @@ fn cluster_subcommand_errors_read_like_redis() {
         .expect("PARTITIONS");
     assert_eq!(parts, vec![format!("0-255 {}", &me[..8])]);
 }
+
+#[test]
+fn meet_at_run_time_then_forget_and_leave() {
+    let (d1, d2, d3) = (
+        tempfile::tempdir().expect("d1"),
+        tempfile::tempdir().expect("d2"),
+        tempfile::tempdir().expect("d3"),
+    );
+    let a = Node::start(free_port_pair(), d1.path(), &[]);
+    let b = Node::start(free_port_pair(), d2.path(), &[]);
+    let c = Node::start(free_port_pair(), d3.path(), &[]);
+    assert_eq!(
+        b.nodes().len(),
+        1,
+        "a node without --join is a cluster of one"
+    );
+    // MEET names the other node's client port, like --join.
+    for n in [&b, &c] {
+        assert_eq!(n.cluster(&["MEET", "127.0.0.1", &a.port.to_string()]), "OK");
+    }
+    for n in [&a, &b, &c] {
+        eventually("MEET joins the three", Duration::from_secs(10), || {
+            all_up(n, 3)
+        });
+    }
+
+    // FORGET C on A: everyone, C included, ends up seeing it as left, and
+    // the ring shrinks to two owners per partition.
+    let c_id = c.myid();
+    assert_eq!(a.cluster(&["FORGET", &c_id]), "OK");
+    for n in [&a, &b, &c] {
+        eventually("C is forgotten everywhere", Duration::from_secs(10), || {
+            n.nodes().iter().any(|m| m.id == c_id && m.status == "left")
+        });
+    }
+    assert!(a.cluster(&["INFO"]).contains("cluster_effective_n:2\r\n"));
+    assert!(c.cluster(&["INFO"]).contains("cluster_state:left\r\n"));
+
+    // B leaves: A is alone in the ring and owns every partition.
+    assert_eq!(b.cluster(&["LEAVE"]), "OK");
+    let b_id = b.myid();
+    eventually("A sees B leave", Duration::from_secs(10), || {
+        a.nodes().iter().any(|m| m.id == b_id && m.status == "left")
+    });
+    let me = a.nodes().into_iter().find(|m| m.myself).expect("myself");
+    assert_eq!(me.partitions, 256);
+}
