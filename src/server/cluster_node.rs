@@ -50,7 +50,9 @@
 //! and the peer port enforces the cluster secret itself). Until the seed
 //! answers (it may start after us) the task retries with back-off, from 100
 //! ms up to 2 s; once it has the address it calls [`Membership::meet`], and
-//! gossip does the rest. `CLUSTER MEET host port` starts the same task and
+//! gossip does the rest. A seed that is still unreachable when gossip has
+//! found some other live member is given up (seeds only help a node find the
+//! cluster; no node is special). `CLUSTER MEET host port` starts the same task and
 //! answers `OK` at once, as Redis' `CLUSTER MEET` does.
 //!
 //! # Not yet: the data path
@@ -164,6 +166,15 @@ pub const CLUSTER_HELP: &[&str] = &[
     "HELP",
     "    Print this help.",
 ];
+
+/// Why a join task runs (see [`Core::spawn_join`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JoinKind {
+    /// A `--join` seed.
+    Seed,
+    /// `CLUSTER MEET`.
+    Meet,
+}
 
 /// Counters for `INFO cluster`.
 #[derive(Debug, Default)]
@@ -309,7 +320,7 @@ impl ClusterNode {
         let gossip_task = tokio::spawn(gossip_loop(core.clone()));
         for seed in &config.join {
             let (host, port) = parse_host_port(seed)?;
-            core.clone().spawn_join(host, port);
+            core.clone().spawn_join(host, port, JoinKind::Seed);
         }
         Ok(ClusterNode {
             core,
@@ -539,11 +550,21 @@ impl Core {
 
     /// Starts a task that asks the node at client address `host:port` for its
     /// peer address and meets it (see the module doc).
-    fn spawn_join(self: Arc<Self>, host: String, port: u16) {
+    ///
+    /// A `--join` seed ([`JoinKind::Seed`]) is given up once gossip has found
+    /// any live peer (seeds only help a node find the cluster; one that is
+    /// down for good must not be asked forever). `CLUSTER MEET`
+    /// ([`JoinKind::Meet`]) keeps trying: it names a node the operator wants
+    /// in, typically one that is not in the cluster yet.
+    fn spawn_join(self: Arc<Self>, host: String, port: u16, kind: JoinKind) {
         tokio::spawn(async move {
             let mut wait = JOIN_RETRY_INITIAL;
             let mut attempts = 0u32;
             loop {
+                if kind == JoinKind::Seed && self.has_live_peer() {
+                    debug!(seed = %format!("{host}:{port}"), "already in a cluster; seed not needed");
+                    return;
+                }
                 match ask_peer_addr(&host, port).await {
                     Ok(peer_addr) => {
                         info!(seed = %format!("{host}:{port}"), %peer_addr, "meeting seed");
@@ -568,6 +589,14 @@ impl Core {
         });
     }
 
+    fn has_live_peer(&self) -> bool {
+        let m = self.membership.lock();
+        let live = m
+            .members()
+            .any(|x| x.id != self.id && matches!(x.status, Status::Up | Status::Suspect));
+        live
+    }
+
     fn meet(self: &Arc<Self>, host: &[u8], port: &[u8]) -> Reply {
         let Ok(host) = std::str::from_utf8(host) else {
             return Reply::err("Invalid node address specified");
@@ -587,7 +616,8 @@ impl Core {
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Reply::err("Invalid node address specified");
         }
-        self.clone().spawn_join(host.to_string(), port);
+        self.clone()
+            .spawn_join(host.to_string(), port, JoinKind::Meet);
         Reply::OK
     }
 
