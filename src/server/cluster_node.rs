@@ -980,6 +980,80 @@ mod tests {
         node.shutdown().await;
     }
 
+    /// A gossip push from `from` (listening at `peer_addr`) with `settings`.
+    fn push(from: NodeId, peer_addr: &str, settings: ClusterSettings) -> Bytes {
+        use crate::cluster::membership::{GossipKind, GossipMessage, Heartbeat, MemberDigest};
+        let msg = Message::Gossip(GossipMessage {
+            settings,
+            from,
+            from_peer_addr: peer_addr.to_string(),
+            kind: GossipKind::Push,
+            members: vec![MemberDigest {
+                id: from,
+                addr: "127.0.0.1:9".to_string(),
+                peer_addr: peer_addr.to_string(),
+                incarnation: Incarnation(1),
+                heartbeat: Heartbeat(1),
+                left: false,
+            }],
+        });
+        Bytes::from(msg.encode())
+    }
+
+    #[tokio::test]
+    async fn gossip_speaking_for_another_node_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = ClusterNode::start(&test_config(dir.path()), "127.0.0.1:1".parse().expect("a"))
+            .await
+            .expect("start");
+        // The connection says "stranger"; the gossip claims another id.
+        let stranger = PeerClient::new(PeerConfig::new("stranger")).expect("client");
+        let claimed = NodeId::from_peer_addr("127.0.0.1:9");
+        let payload = push(claimed, "127.0.0.1:9", ClusterSettings::default());
+        stranger
+            .send(node.listener.local_addr(), payload)
+            .expect("queued");
+        wait_for("the spoofed message", || {
+            node.core.counters.spoofed.load(Relaxed) == 1
+        })
+        .await;
+        assert_eq!(node.core.membership.lock().members().count(), 1);
+        stranger.shutdown();
+        node.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_peer_with_different_settings_is_refused_and_not_merged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = ClusterNode::start(&test_config(dir.path()), "127.0.0.1:1".parse().expect("a"))
+            .await
+            .expect("start");
+        let other = NodeId::from_peer_addr("127.0.0.1:9");
+        let client = PeerClient::new(PeerConfig::new(other.to_string())).expect("client");
+        let settings = ClusterSettings {
+            partitions: 128,
+            ..ClusterSettings::default()
+        };
+        client
+            .send(
+                node.listener.local_addr(),
+                push(other, "127.0.0.1:9", settings),
+            )
+            .expect("queued");
+        wait_for("the refusal", || {
+            node.core.counters.rejected.load(Relaxed) == 1
+        })
+        .await;
+        assert_eq!(node.core.membership.lock().members().count(), 1);
+        let info = node.core.info_text();
+        assert!(
+            info.contains("Q differs: peer has Q=128, this node Q=256"),
+            "{info}"
+        );
+        client.shutdown();
+        node.shutdown().await;
+    }
+
     #[tokio::test]
     async fn two_nodes_meet_through_a_seed_and_see_each_other_up() {
         let (d1, d2) = (
