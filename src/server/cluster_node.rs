@@ -233,6 +233,11 @@ impl ClusterNode {
     pub async fn start(config: &Config, client_addr: SocketAddr) -> Result<ClusterNode> {
         let gossip = gossip_config(config);
         gossip.validate()?;
+        let seeds = config
+            .join
+            .iter()
+            .map(|seed| parse_host_port(seed))
+            .collect::<Result<Vec<_>>>()?;
         let host = config.effective_advertise();
         if config.advertise.is_none() && config.bind.is_unspecified() {
             warn!(
@@ -318,8 +323,7 @@ impl ClusterNode {
             "cluster node started (membership only; data is not replicated yet)"
         );
         let gossip_task = tokio::spawn(gossip_loop(core.clone()));
-        for seed in &config.join {
-            let (host, port) = parse_host_port(seed)?;
+        for (host, port) in seeds {
             core.clone().spawn_join(host, port, JoinKind::Seed);
         }
         Ok(ClusterNode {
@@ -388,6 +392,11 @@ impl ClusterNode {
             c.gossip_received.load(Relaxed)
         ));
         line(format!("gossip_rejected:{}", c.rejected.load(Relaxed)));
+        line(format!("gossip_spoofed:{}", c.spoofed.load(Relaxed)));
+        line(format!(
+            "peer_unserved_messages:{}",
+            c.unserved.load(Relaxed)
+        ));
         line(format!(
             "peer_malformed_messages:{}",
             c.malformed.load(Relaxed)
