@@ -942,6 +942,25 @@ mod tests {
     }
 
     #[test]
+    fn gossip_timing_comes_from_the_config_file_and_flags() {
+        let file = crate::config::FileConfig::parse(
+            "gossip-interval-ms = 50\ngossip-suspect-ms = 400\ngossip-down-ms = 900\n",
+        )
+        .expect("parse");
+        let mut config = Config::default();
+        config.apply_file(&file);
+        let g = gossip_config(&config);
+        assert_eq!(
+            (g.interval_ms, g.suspect_after_ms, g.down_after_ms),
+            (50, 400, 900)
+        );
+        assert_eq!(gossip_config(&Config::default()), GossipConfig::default());
+        // Inconsistent timing is refused when the node starts.
+        config.gossip_down_ms = Some(100);
+        assert!(gossip_config(&config).validate().is_err());
+    }
+
+    #[test]
     fn ipv6_hosts_are_bracketed() {
         assert_eq!(join_host_port("127.0.0.1", 7000), "127.0.0.1:7000");
         assert_eq!(join_host_port("::1", 7000), "[::1]:7000");
