@@ -385,3 +385,34 @@ fn meet_at_run_time_then_forget_and_leave() {
     let me = a.nodes().into_iter().find(|m| m.myself).expect("myself");
     assert_eq!(me.partitions, 256);
 }
+
+#[test]
+fn a_node_met_at_run_time_is_found_again_after_a_restart_without_join() {
+    let (d1, d2) = (
+        tempfile::tempdir().expect("d1"),
+        tempfile::tempdir().expect("d2"),
+    );
+    let a = Node::start(free_port_pair(), d1.path(), &[]);
+    let b_port = free_port_pair();
+    let mut b = Node::start(b_port, d2.path(), &[]);
+    assert_eq!(b.cluster(&["MEET", "127.0.0.1", &a.port.to_string()]), "OK");
+    for n in [&a, &b] {
+        eventually("the two meet", Duration::from_secs(10), || all_up(n, 2));
+    }
+    // B restarts knowing nobody (no --join, nothing persisted but its
+    // incarnation); A still lists it as down and probes it now and then, so
+    // the two find each other again.
+    let b_id = b.myid();
+    b.sigkill();
+    eventually("A marks B down", Duration::from_secs(8), || {
+        a.nodes().iter().any(|m| m.id == b_id && m.status == "down")
+    });
+    let b = Node::start(b_port, d2.path(), &[]);
+    for n in [&a, &b] {
+        eventually(
+            "the two find each other again",
+            Duration::from_secs(15),
+            || all_up(n, 2),
+        );
+    }
+}

@@ -55,6 +55,17 @@
 //! cluster; no node is special). `CLUSTER MEET host port` starts the same task and
 //! answers `OK` at once, as Redis' `CLUSTER MEET` does.
 //!
+//! # Departures: nothing of the member list is persisted
+//!
+//! Dynamo stores membership changes (made with an admin tool) and reconciles
+//! them with gossip; here only the incarnation survives a restart. A node
+//! comes back knowing nobody and finds the cluster again either through its
+//! `--join` seeds or because the others still list it as `Down` and probe
+//! one `Down` member now and then (see [`Membership`]), so a node that was
+//! added with `CLUSTER MEET` rejoins too, a little later. If gossip ever
+//! shows a node a later incarnation of itself than the one it picked (a
+//! clock that jumped back and a wiped directory), it jumps past it.
+//!
 //! # Not yet: the data path
 //!
 //! This round wires membership only. Keys are still served by the local
