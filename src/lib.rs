@@ -31,6 +31,7 @@
 //! The binaries in `src/bin/` (`ringkv`, `ringkv-cli`) are thin: parse flags,
 //! load config, set up tracing, run, report.
 
+pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;

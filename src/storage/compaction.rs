@@ -182,6 +182,7 @@ pub(crate) fn merge_runs(
     let mut builder: Option<(SsTableBuilder, TableId, PathBuf)> = None;
     let result = (|| -> Result<()> {
         let mut last_key: Option<Bytes> = None;
+        let mut unthrottled = 0u64;
         for item in MergeIter::new(sources) {
             let (key, seq, entry) = item?;
             output.entries_read += 1;
@@ -207,7 +208,12 @@ pub(crate) fn merge_runs(
                         Entry::Value(v) => v.len(),
                         Entry::Tombstone => 0,
                     };
-                    limiter.acquire((key.len() + value_len + 16) as u64);
+                    unthrottled += (key.len() + value_len + 16) as u64;
+                    // Ask the limiter per 64 KiB, not per entry: it takes a lock.
+                    if unthrottled >= 64 << 10 {
+                        limiter.acquire(unthrottled);
+                        unthrottled = 0;
+                    }
                 }
                 if b.approximate_bytes() >= ctx.target_table_bytes {
                     if let Some((b, id, path)) = builder.take() {

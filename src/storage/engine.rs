@@ -291,9 +291,7 @@ impl Engine {
             |seq, op| {
                 match op {
                     BatchOp::Put(key, value) => mem.insert_put(key, value, seq),
-                    BatchOp::Delete(key) => {
-                        mem.insert(Bytes::copy_from_slice(key), seq, Entry::Tombstone)
-                    }
+                    BatchOp::Delete(key) => mem.insert_delete(key, seq),
                 }
                 Ok(())
             },
@@ -311,7 +309,8 @@ impl Engine {
                 .max(manifest_data.log_start.0.saturating_sub(1))
                 + 1,
         );
-        let wal = WalWriter::create(dir, next_segment, last_seq)?;
+        let mut wal = WalWriter::create(dir, next_segment, last_seq, opts.wal_segment_bytes)?;
+        wal.set_keep_retired(opts.fsync != FsyncPolicy::No);
         if report.records > 0 || report.bytes_dropped > 0 {
             tracing::info!(
                 dir = %dir.display(),
@@ -384,16 +383,18 @@ impl Engine {
 
     /// Set `key` to `value`. Durable on return under `fsync always`.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.put(key, value);
-        self.write(&batch).map(|_| ())
+        with_scratch_batch(|batch| {
+            batch.put(key, value);
+            self.write(batch).map(|_| ())
+        })
     }
 
     /// Delete `key`. Durable on return under `fsync always`.
     pub fn delete(&self, key: &[u8]) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.delete(key);
-        self.write(&batch).map(|_| ())
+        with_scratch_batch(|batch| {
+            batch.delete(key);
+            self.write(batch).map(|_| ())
+        })
     }
 
     /// Apply `batch` atomically and return the sequence number of its last
@@ -568,8 +569,14 @@ fn close(inner: &Arc<Inner>, threads: &Mutex<Vec<JoinHandle<()>>>) -> Result<()>
         let mut state = inner.write.lock();
         state
             .wal
-            .prepare_sync()
-            .and_then(|(file, _)| Ok(file.sync_data()?))
+            .trim()
+            .and_then(|()| state.wal.prepare_sync())
+            .and_then(|(files, _)| {
+                for file in files {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })
     };
     *inner.lock_file.lock() = None;
     result
@@ -612,9 +619,7 @@ impl Inner {
                     puts += 1;
                 }
                 BatchOp::Delete(key) => {
-                    state
-                        .active
-                        .insert(Bytes::copy_from_slice(key), seq, Entry::Tombstone);
+                    state.active.insert_delete(key, seq);
                     deletes += 1;
                 }
             }
@@ -625,8 +630,7 @@ impl Inner {
         self.visible.store(last.0, Ordering::Release);
         if state.wal.segment_bytes() >= self.opts.wal_segment_bytes {
             let next = SegmentId(state.wal.segment().0 + 1);
-            let synced = state.wal.rotate(next)?;
-            self.group.mark_synced(synced);
+            state.wal.rotate(next)?;
         }
         drop(state);
         self.counters.puts.fetch_add(puts, Ordering::Relaxed);
@@ -684,8 +688,7 @@ impl Inner {
     /// memtable, and queue the old one for its flush.
     fn freeze(&self, state: &mut WriteState) -> Result<()> {
         let next = SegmentId(state.wal.segment().0 + 1);
-        let synced = state.wal.rotate(next)?;
-        self.group.mark_synced(synced);
+        state.wal.rotate(next)?;
         let old = std::mem::replace(&mut state.active, Arc::new(MemTable::new()));
         old.set_successor_segment(next);
         {
@@ -997,6 +1000,29 @@ impl Inner {
             cache_pinned_bytes: cache.pinned_bytes,
         }
     }
+}
+
+thread_local! {
+    /// A per-thread batch reused by single puts and deletes, so they do not
+    /// allocate one each.
+    static SCRATCH_BATCH: std::cell::RefCell<WriteBatch> = std::cell::RefCell::new(WriteBatch::new());
+}
+
+/// Run `f` with this thread's cleared scratch batch (or a fresh one if it is
+/// already in use further up the stack).
+fn with_scratch_batch<T>(f: impl FnOnce(&mut WriteBatch) -> T) -> T {
+    SCRATCH_BATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut batch) => {
+            batch.clear();
+            let result = f(&mut batch);
+            if batch.encoded_ops().len() > 64 << 10 {
+                // Do not keep a huge key's buffer for the thread's lifetime.
+                *batch = WriteBatch::new();
+            }
+            result
+        }
+        Err(_) => f(&mut WriteBatch::new()),
+    })
 }
 
 fn into_value(entry: Entry) -> Option<Bytes> {

@@ -33,7 +33,11 @@
 //! ```
 //!
 //! The checksum covers the length too, so a flipped length bit is caught
-//! rather than read as a torn tail.
+//! rather than read as a torn tail. Segments are preallocated
+//! (`fallocate`, a few MiB ahead of the writes), so the bytes after the last
+//! record read as zeros: a segment whose remaining bytes are all zero ends
+//! there cleanly. A record can never be all zeros (its CRC would have to be
+//! zero over a zero length, and CRC32C of four zero bytes is not zero).
 //!
 //! # Recovery
 //!
@@ -48,16 +52,14 @@
 //!
 //! [`GroupCommit`] lets concurrent writers share fsyncs: the first writer that
 //! needs durability becomes the leader, writes out everything appended so far
-//! and fsyncs once; writers that arrive meanwhile queue on the leader's lock
-//! and usually find their record already synced when they get it.
+//! and fsyncs once; writers that arrive meanwhile wait for it, and the next
+//! leader's fsync covers every record they appended in the meantime.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use super::batch::{BatchOp, BatchOps, WriteBatch};
 use super::types::SeqNo;
@@ -72,6 +74,8 @@ const PAYLOAD_PREFIX_BYTES: usize = 12;
 /// The writer hands its buffer to the OS once it holds this much, so the
 /// buffer stays small and a process crash loses little under `everysec`.
 const WRITE_OUT_BYTES: usize = 256 << 10;
+/// Segments are preallocated this much at a time (see [`preallocate_file`]).
+const PREALLOCATE_STEP: u64 = 4 << 20;
 
 /// The number of a commit-log segment file (`{id:020}.log`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -109,6 +113,13 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 pub(crate) struct WalWriter {
     dir: PathBuf,
     id: SegmentId,
+    /// The rotation size; caps preallocation.
+    segment_limit: u64,
+    /// Bytes preallocated so far (0 if the file system cannot).
+    allocated: u64,
+    /// Rotated segments whose last records may not be fsynced yet.
+    retired: Vec<Arc<File>>,
+    keep_retired: bool,
     file: Arc<File>,
     /// Encoded records not yet handed to the OS.
     buf: Vec<u8>,
@@ -121,7 +132,13 @@ pub(crate) struct WalWriter {
 
 impl WalWriter {
     /// Create segment `id` (which must not exist) and fsync the directory.
-    pub(crate) fn create(dir: &Path, id: SegmentId, last_seq: SeqNo) -> Result<WalWriter> {
+    /// `segment_limit` (the rotation size) caps the space preallocated.
+    pub(crate) fn create(
+        dir: &Path,
+        id: SegmentId,
+        last_seq: SeqNo,
+        segment_limit: u64,
+    ) -> Result<WalWriter> {
         let path = segment_path(dir, id);
         let mut file = OpenOptions::new()
             .write(true)
@@ -132,11 +149,16 @@ impl WalWriter {
         header[4..8].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         header[8..16].copy_from_slice(&id.0.to_le_bytes());
         file.write_all(&header)?;
+        let allocated = preallocate_file(&file, HEADER_BYTES as u64, 0, segment_limit);
         file.sync_data()?;
         sync_dir(dir)?;
         Ok(WalWriter {
             dir: dir.to_path_buf(),
             id,
+            segment_limit,
+            allocated,
+            retired: Vec::new(),
+            keep_retired: true,
             file: Arc::new(file),
             buf: Vec::with_capacity(WRITE_OUT_BYTES * 2),
             segment_bytes: HEADER_BYTES as u64,
@@ -193,40 +215,108 @@ impl WalWriter {
     /// Hand the buffered records to the OS (no fsync).
     pub(crate) fn write_out(&mut self) -> Result<()> {
         if !self.buf.is_empty() {
+            if self.allocated != 0 && self.segment_bytes > self.allocated {
+                self.allocated = preallocate_file(
+                    &self.file,
+                    self.segment_bytes,
+                    self.allocated,
+                    self.segment_limit,
+                );
+            }
             (&*self.file).write_all(&self.buf)?;
             self.buf.clear();
         }
         Ok(())
     }
 
-    /// Write out the buffer and return what a syncer needs: the file to fsync
-    /// and the last sequence number it will then cover.
-    pub(crate) fn prepare_sync(&mut self) -> Result<(Arc<File>, SeqNo)> {
+    /// Write out the buffer and cut the preallocated zeros off the end of the
+    /// segment (on rotation and close), so that a closed segment is exactly
+    /// its records.
+    pub(crate) fn trim(&mut self) -> Result<()> {
         self.write_out()?;
-        Ok((self.file.clone(), self.last_seq))
+        if self.allocated > self.segment_bytes {
+            self.file.set_len(self.segment_bytes)?;
+            self.allocated = 0;
+        }
+        Ok(())
     }
 
-    /// Close the current segment (written out and fsynced, so the sequence
-    /// numbers in it are durable) and start segment `next`. Returns the last
-    /// sequence number of the closed segment.
-    pub(crate) fn rotate(&mut self, next: SegmentId) -> Result<SeqNo> {
+    /// Write out the buffer and return what a syncer needs: the files to
+    /// fsync (rotated segments not yet synced, then the current one) and the
+    /// last sequence number they will then cover.
+    pub(crate) fn prepare_sync(&mut self) -> Result<(Vec<Arc<File>>, SeqNo)> {
         self.write_out()?;
-        self.file.sync_data()?;
-        let fresh = WalWriter::create(&self.dir, next, self.last_seq)?;
-        let bytes_appended = self.bytes_appended;
+        let mut files = std::mem::take(&mut self.retired);
+        files.push(self.file.clone());
+        Ok((files, self.last_seq))
+    }
+
+    /// Close the current segment (written out and trimmed) and start segment
+    /// `next`. The closed segment is not fsynced here, under the write lock:
+    /// unless `keep_retired` is off (`fsync no`), it is kept for the next
+    /// sync, which fsyncs it before the current segment, so "synced through
+    /// seq" stays true across segments.
+    pub(crate) fn rotate(&mut self, next: SegmentId) -> Result<()> {
+        self.trim()?;
+        let mut fresh = WalWriter::create(&self.dir, next, self.last_seq, self.segment_limit)?;
+        fresh.keep_retired = self.keep_retired;
+        fresh.bytes_appended = self.bytes_appended;
+        fresh.retired = std::mem::take(&mut self.retired);
+        if self.keep_retired {
+            fresh.retired.push(self.file.clone());
+        }
         *self = fresh;
-        self.bytes_appended = bytes_appended;
-        Ok(self.last_seq)
+        Ok(())
+    }
+
+    /// Whether rotated segments wait for the next sync (off under `fsync no`,
+    /// where nothing is ever synced and they would pile up).
+    pub(crate) fn set_keep_retired(&mut self, keep: bool) {
+        self.keep_retired = keep;
     }
 }
 
+/// Reserve the segment's blocks ahead of the writes, `PREALLOCATE_STEP` at a
+/// time, so that the file reads as zeros past the last record and most
+/// fdatasyncs have no file size to update, which on ext4 makes them markedly
+/// cheaper (measured here: ~6.5k/s instead of ~4k/s). Returns the new
+/// allocated length, or 0 if the file system cannot preallocate (the file
+/// then simply grows as written).
+fn preallocate_file(file: &File, needed: u64, allocated: u64, limit: u64) -> u64 {
+    use std::os::unix::io::AsRawFd;
+    let target = (allocated + PREALLOCATE_STEP).max(needed + PREALLOCATE_STEP / 2);
+    let target = target.min(limit.max(needed));
+    if target <= allocated {
+        return allocated;
+    }
+    let Ok(len) = libc::off_t::try_from(target) else {
+        return 0;
+    };
+    // SAFETY: fallocate on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc != 0 {
+        tracing::debug!(err = %std::io::Error::last_os_error(), "commit log: fallocate failed; the segment grows as written");
+        return 0;
+    }
+    target
+}
+
 /// Shares fsyncs between concurrent writers (see the module doc).
-#[derive(Default)]
+///
+/// No lock is held during the fsync itself: a leader marks itself with the
+/// `syncing` flag and fsyncs unlocked; followers wait on the condition
+/// variable and are all woken when it is done. (Holding a mutex across the
+/// fsync makes a convoy: the waiters are handed the mutex one by one, a woken
+/// writer's next record barges in as the new leader, and each fsync ends up
+/// covering one or two records.)
 pub(crate) struct GroupCommit {
     /// Every record with a sequence number up to this one is on disk.
     synced: AtomicU64,
-    /// Held by the one writer (or background syncer) currently fsyncing.
-    leader: Mutex<()>,
+    /// Whether a leader is fsyncing now. `std`'s futex condition variable
+    /// wakes every follower at once on `notify_all`, where parking_lot's
+    /// requeues them onto the mutex and wakes them one after another.
+    syncing: std::sync::Mutex<bool>,
+    done: std::sync::Condvar,
     fsyncs: AtomicU64,
 }
 
@@ -234,7 +324,8 @@ impl GroupCommit {
     pub(crate) fn new(synced: SeqNo) -> Self {
         GroupCommit {
             synced: AtomicU64::new(synced.0),
-            leader: Mutex::new(()),
+            syncing: std::sync::Mutex::new(false),
+            done: std::sync::Condvar::new(),
             fsyncs: AtomicU64::new(0),
         }
     }
@@ -256,25 +347,40 @@ impl GroupCommit {
 
     /// Return once every record up to `seq` is durable. `prepare` writes the
     /// log buffer out (under the engine's write lock) and returns the file and
-    /// the last sequence number it holds; the fsync happens outside that lock.
+    /// the last sequence number it holds; the fsync happens outside any lock.
     pub(crate) fn sync_through(
         &self,
         seq: SeqNo,
-        prepare: impl FnOnce() -> Result<(Arc<File>, SeqNo)>,
+        prepare: impl FnOnce() -> Result<(Vec<Arc<File>>, SeqNo)>,
     ) -> Result<()> {
         if self.synced() >= seq {
             return Ok(());
         }
-        let _leader = self.leader.lock();
-        // Whoever led while we queued may have covered us.
-        if self.synced() >= seq {
-            return Ok(());
+        {
+            let mut syncing = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if self.synced() >= seq {
+                    return Ok(());
+                }
+                if !*syncing {
+                    *syncing = true;
+                    break;
+                }
+                syncing = self.done.wait(syncing).unwrap_or_else(|p| p.into_inner());
+            }
         }
-        let (file, upto) = prepare()?;
-        file.sync_data()?;
-        self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.mark_synced(upto);
-        Ok(())
+        // This thread leads: everything appended so far rides on its fsync.
+        let result = prepare().and_then(|(files, upto)| {
+            for file in files {
+                file.sync_data()?;
+            }
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.mark_synced(upto);
+            Ok(())
+        });
+        *self.syncing.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.done.notify_all();
+        result
     }
 }
 
@@ -315,7 +421,8 @@ pub(crate) fn replay(
         match replay_segment(&path, id, &buf, &mut prev_seq, &mut report, &mut apply)? {
             None => report.last_segment = Some(id),
             Some(stop) => {
-                let mut dropped = buf.len() as u64 - stop.offset;
+                let written_end = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1) as u64;
+                let mut dropped = written_end.saturating_sub(stop.offset);
                 if stop.offset < HEADER_BYTES as u64 {
                     fs::remove_file(&path)?;
                 } else {
@@ -386,6 +493,10 @@ fn replay_segment(
     let mut offset = HEADER_BYTES;
     while offset < data.len() {
         let rest = &data[offset..];
+        if rest.iter().all(|&b| b == 0) {
+            // The preallocated, never written tail of the segment.
+            return Ok(None);
+        }
         if rest.len() < RECORD_HEADER_BYTES {
             return stop(offset, "torn record header");
         }
@@ -470,7 +581,7 @@ mod tests {
     #[test]
     fn records_survive_rotation_and_replay_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = WalWriter::create(dir.path(), SegmentId(1), SeqNo(0)).unwrap();
+        let mut wal = WalWriter::create(dir.path(), SegmentId(1), SeqNo(0), 4096).unwrap();
         wal.append(SeqNo(1), &batch("a", "1")).unwrap();
         wal.rotate(SegmentId(2)).unwrap();
         wal.append(SeqNo(2), &batch("b", "2")).unwrap();
@@ -485,7 +596,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_stops_replay_and_drops_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = WalWriter::create(dir.path(), SegmentId(1), SeqNo(0)).unwrap();
+        let mut wal = WalWriter::create(dir.path(), SegmentId(1), SeqNo(0), 4096).unwrap();
         wal.append(SeqNo(1), &batch("a", "1")).unwrap();
         let second_record_at = wal.segment_bytes();
         wal.append(SeqNo(2), &batch("b", "2")).unwrap();
@@ -493,7 +604,7 @@ mod tests {
         wal.write_out().unwrap();
         let path = segment_path(dir.path(), SegmentId(1));
         let mut bytes = fs::read(&path).unwrap();
-        let total = bytes.len() as u64;
+        let total = wal.segment_bytes();
         bytes[second_record_at as usize + 10] ^= 0x01;
         fs::write(&path, &bytes).unwrap();
         let (seen, report) = replay_all(dir.path());
@@ -503,9 +614,37 @@ mod tests {
     }
 
     #[test]
+    fn the_preallocated_zero_tail_is_a_clean_end_but_zeros_inside_are_not() {
+        // An all-zero record header can never pass its checksum.
+        assert_ne!(crc32c::crc32c(&[0u8; 4]), 0);
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = WalWriter::create(dir.path(), SegmentId(1), SeqNo(0), 1 << 20).unwrap();
+        wal.append(SeqNo(1), &batch("a", "1")).unwrap();
+        let second_record_at = wal.segment_bytes() as usize;
+        wal.append(SeqNo(2), &batch("b", "2")).unwrap();
+        wal.write_out().unwrap();
+        let path = segment_path(dir.path(), SegmentId(1));
+        assert!(fs::metadata(&path).unwrap().len() > wal.segment_bytes());
+        let (seen, report) = replay_all(dir.path());
+        assert_eq!(seen.len(), 2);
+        assert_eq!(report.bytes_dropped, 0);
+
+        // Zero the first record's header: not a clean end, since data follows.
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[HEADER_BYTES..HEADER_BYTES + 8].fill(0);
+        fs::write(&path, &bytes).unwrap();
+        let (seen, report) = replay_all(dir.path());
+        assert!(seen.is_empty());
+        assert_eq!(
+            report.bytes_dropped,
+            (second_record_at + 8 + 12 + 1 + 4 + 1 + 4 + 1 - HEADER_BYTES) as u64
+        );
+    }
+
+    #[test]
     fn a_newer_segment_format_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        WalWriter::create(dir.path(), SegmentId(1), SeqNo(0)).unwrap();
+        WalWriter::create(dir.path(), SegmentId(1), SeqNo(0), 4096).unwrap();
         let path = segment_path(dir.path(), SegmentId(1));
         let mut bytes = fs::read(&path).unwrap();
         bytes[4] = 9;

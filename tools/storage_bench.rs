@@ -1,0 +1,476 @@
+//! Storage engine benchmark: loads, point reads, group commit, reopen, memory.
+//!
+//! ```text
+//! cargo run --release --example storage_bench -- [--quick] [--keys N] ...
+//! ```
+//!
+//! Phases (each on a fresh directory under `--dir`, deleted afterwards):
+//!
+//! 1. `seq`: sequential load of `--keys` keys (16-byte keys, `--value-bytes`
+//!    values) from one thread, `fsync everysec`.
+//! 2. `random`: the same keys in random order; then a full compaction.
+//! 3. `gets`: on the compacted random data set, `--get-threads` threads read
+//!    random present keys, then random absent keys. For the absent keys it
+//!    reports the share of gets that read a data block next to what the
+//!    bloom filters' false-positive rate predicts for the tables consulted.
+//! 4. `always`: `--always-writers` threads put under `fsync always`; group
+//!    commit shares fsyncs.
+//! 5. `reopen`: a child process fills a 64 MiB memtable (no flush) and is
+//!    killed with SIGKILL; the time to reopen (replay the log) is measured.
+//!
+//! Peak resident memory (VmHWM) is read from /proc/self/status at the end.
+//! A benchmark is a tool, not a test: it prints a table and never fails on a
+//! number.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use rand::Rng;
+use ringkv::config::FsyncPolicy;
+use ringkv::storage::bloom::probes_for;
+use ringkv::storage::{Engine, EngineStats, Options};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "ringkv storage engine benchmark")]
+struct Args {
+    /// Working directory (each phase uses a fresh subdirectory).
+    #[arg(long, default_value = "target/storage-bench")]
+    dir: PathBuf,
+    /// Keys loaded by the seq and random phases.
+    #[arg(long, default_value_t = 10_000_000)]
+    keys: u64,
+    /// Value size in bytes (keys are 16 bytes).
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Point reads per kind (present, absent) in the gets phase.
+    #[arg(long, default_value_t = 2_000_000)]
+    gets: u64,
+    /// Reader threads in the gets phase.
+    #[arg(long, default_value_t = 2)]
+    get_threads: u64,
+    /// Concurrent writers in the always phase.
+    #[arg(long, default_value_t = 50)]
+    always_writers: u64,
+    /// Total puts in the always phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    always_puts: u64,
+    /// Memtable size in MiB.
+    #[arg(long, default_value_t = 64)]
+    memtable_mib: usize,
+    /// Block cache size in MiB.
+    #[arg(long, default_value_t = 64)]
+    cache_mib: usize,
+    /// Quick mode: 1M keys, 500k gets, 200k always-puts (about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Phases to run, comma-separated: seq,random,gets,always,reopen.
+    #[arg(long, default_value = "seq,random,gets,always,reopen")]
+    phases: String,
+    /// Internal: run as the reopen phase's child, filling this directory.
+    #[arg(long, hide = true)]
+    child_fill: Option<PathBuf>,
+}
+
+/// 16-byte keys. Sequential: the index big-endian, padded. Random order: a
+/// bijective scramble of the index first (so order is random), then the index
+/// (so keys stay unique).
+fn seq_key(i: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&i.to_be_bytes());
+    key
+}
+
+fn random_key(i: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+    key[8..].copy_from_slice(&i.to_be_bytes());
+    key
+}
+
+fn value(i: u64, len: usize, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(&i.to_le_bytes());
+    buf.resize(len.max(8), b'v');
+}
+
+fn options(args: &Args, fsync: FsyncPolicy) -> Options {
+    Options {
+        fsync,
+        memtable_bytes: args.memtable_mib << 20,
+        block_cache_bytes: args.cache_mib << 20,
+        ..Options::default()
+    }
+}
+
+fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+                rest.trim().trim_end_matches("kB").trim().parse().ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+struct Report {
+    rows: Vec<[String; 4]>,
+}
+
+impl Report {
+    fn row(&mut self, phase: &str, metric: &str, value: String, note: String) {
+        println!("  {phase:<8} {metric:<44} {value:>16}  {note}");
+        self.rows.push([phase.into(), metric.into(), value, note]);
+    }
+
+    fn markdown(&self) -> String {
+        let mut out = String::from("| phase | metric | value | notes |\n|---|---|---|---|\n");
+        for [phase, metric, value, note] in &self.rows {
+            out.push_str(&format!("| {phase} | {metric} | {value} | {note} |\n"));
+        }
+        out
+    }
+}
+
+fn fresh_dir(args: &Args, name: &str) -> Result<PathBuf> {
+    let dir = args.dir.join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn load(
+    args: &Args,
+    report: &mut Report,
+    phase: &str,
+    key: fn(u64) -> [u8; 16],
+) -> Result<(Engine, PathBuf)> {
+    let dir = fresh_dir(args, phase)?;
+    let engine = Engine::open(&dir, options(args, FsyncPolicy::Everysec))?;
+    let mut buf = Vec::with_capacity(args.value_bytes);
+    let started = Instant::now();
+    for i in 0..args.keys {
+        value(i, args.value_bytes, &mut buf);
+        engine.put(&key(i), &buf)?;
+    }
+    let elapsed = started.elapsed();
+    let stats = engine.stats();
+    report.row(
+        phase,
+        "puts/s, one thread, everysec",
+        format!("{:.0}", args.keys as f64 / elapsed.as_secs_f64()),
+        format!(
+            "{} keys in {:.1} s; {} flushes, {} compactions, {} stalls ({:.2} s)",
+            args.keys,
+            elapsed.as_secs_f64(),
+            stats.flushes,
+            stats.compactions,
+            stats.write_stalls,
+            stats.write_stall_micros as f64 / 1e6
+        ),
+    );
+    report.row(
+        phase,
+        "RSS after load",
+        mib(proc_status_kib("VmRSS") * 1024),
+        String::new(),
+    );
+    Ok((engine, dir))
+}
+
+fn write_amplification(stats: &EngineStats, user_bytes: u64) -> String {
+    let written = stats.log_bytes + stats.flushed_bytes + stats.compaction_bytes_written;
+    format!(
+        "{:.2} (log {} + flush {} + compaction {} over {} of keys+values)",
+        written as f64 / user_bytes as f64,
+        mib(stats.log_bytes),
+        mib(stats.flushed_bytes),
+        mib(stats.compaction_bytes_written),
+        mib(user_bytes)
+    )
+}
+
+fn gets(args: &Args, report: &mut Report, engine: &Engine) -> Result<()> {
+    let threads = args.get_threads.max(1);
+    for absent in [false, true] {
+        let before = engine.stats();
+        let per_thread = args.gets / threads;
+        let started = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let engine = engine.clone();
+                let keys = args.keys;
+                std::thread::spawn(move || -> Result<u64> {
+                    let mut rng = rand::thread_rng();
+                    let mut found = 0;
+                    for _ in 0..per_thread {
+                        let i = if absent {
+                            keys + rng.gen_range(0..keys)
+                        } else {
+                            rng.gen_range(0..keys)
+                        };
+                        if let Some(v) = engine.get(&random_key(i))? {
+                            if v[..8] != i.to_le_bytes() {
+                                bail!("wrong value for key {i}");
+                            }
+                            found += 1;
+                        }
+                    }
+                    Ok(found)
+                })
+            })
+            .collect();
+        let mut found = 0;
+        for handle in handles {
+            found += handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        }
+        let elapsed = started.elapsed();
+        let after = engine.stats();
+        let total = per_thread * threads;
+        let kind = if absent { "absent" } else { "present" };
+        report.row(
+            "gets",
+            &format!("gets/s, {threads} threads, {kind} keys"),
+            format!("{:.0}", total as f64 / elapsed.as_secs_f64()),
+            format!(
+                "{found}/{total} found; {} runs, {} tables; cache hits {}, misses {}",
+                after.runs,
+                after.tables,
+                after.cache_hits - before.cache_hits,
+                after.cache_misses - before.cache_misses
+            ),
+        );
+        if absent {
+            let checks = after.bloom_checks - before.bloom_checks;
+            let negatives = after.bloom_negatives - before.bloom_negatives;
+            let blocks = after.data_block_reads - before.data_block_reads;
+            let bits = options(args, FsyncPolicy::No).table.bloom_bits_per_key;
+            let k = f64::from(probes_for(bits));
+            let fp = (1.0 - (-k / f64::from(bits)).exp()).powf(k);
+            let tables_per_get = checks as f64 / total as f64;
+            report.row(
+                "gets",
+                "absent-key gets that read a data block",
+                format!("{:.3}%", 100.0 * blocks as f64 / total as f64),
+                format!(
+                    "predicted {:.3}% = {tables_per_get:.2} filters consulted per get x {:.3}% fp ({bits} bits/key, k={k}); filter passes {}/{checks}",
+                    100.0 * tables_per_get * fp,
+                    100.0 * fp,
+                    checks - negatives
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn always(args: &Args, report: &mut Report) -> Result<()> {
+    let dir = fresh_dir(args, "always")?;
+    let engine = Engine::open(&dir, options(args, FsyncPolicy::Always))?;
+    let writers = args.always_writers.max(1);
+    let per_writer = args.always_puts / writers;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let engine = engine.clone();
+            let value_bytes = args.value_bytes;
+            std::thread::spawn(move || -> Result<()> {
+                let mut buf = Vec::new();
+                for j in 0..per_writer {
+                    let i = w * per_writer + j;
+                    value(i, value_bytes, &mut buf);
+                    engine.put(&random_key(i), &buf)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    }
+    let elapsed = started.elapsed();
+    let stats = engine.stats();
+    let puts = per_writer * writers;
+    report.row(
+        "always",
+        &format!("puts/s, {writers} writers, fsync always"),
+        format!("{:.0}", puts as f64 / elapsed.as_secs_f64()),
+        format!(
+            "{puts} puts, {} fsyncs ({:.1} puts per fsync, {:.0} fsyncs/s)",
+            stats.log_fsyncs,
+            puts as f64 / stats.log_fsyncs.max(1) as f64,
+            stats.log_fsyncs as f64 / elapsed.as_secs_f64()
+        ),
+    );
+    engine.close()?;
+    drop(engine);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// The reopen phase's child: fill the memtable to just under its threshold,
+/// sync, say READY, and wait to be killed.
+fn child_fill(args: &Args, dir: &Path) -> Result<()> {
+    let opts = options(args, FsyncPolicy::Everysec);
+    let limit = opts.memtable_bytes;
+    let engine = Engine::open(dir, opts)?;
+    let mut buf = Vec::new();
+    let mut i = 0u64;
+    while engine.stats().memtable_bytes < (limit as u64).saturating_sub(64 << 10) {
+        for _ in 0..1000 {
+            value(i, args.value_bytes, &mut buf);
+            engine.put(&random_key(i), &buf)?;
+            i += 1;
+        }
+    }
+    engine.sync()?;
+    let stats = engine.stats();
+    println!(
+        "READY {i} {} {} {}",
+        stats.memtable_bytes, stats.log_bytes, stats.flushes
+    );
+    std::io::stdout().flush()?;
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn reopen(args: &Args, report: &mut Report) -> Result<()> {
+    let dir = fresh_dir(args, "reopen")?;
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .arg("--child-fill")
+        .arg(&dir)
+        .args(["--memtable-mib", &args.memtable_mib.to_string()])
+        .args(["--value-bytes", &args.value_bytes.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("child stdout")?).read_line(&mut line)?;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    child.wait()?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [keys, memtable_bytes, log_bytes, flushes] = fields[..] else {
+        bail!("child did not report READY: {line:?}");
+    };
+    let started = Instant::now();
+    let engine = Engine::open(&dir, options(args, FsyncPolicy::Everysec))?;
+    let elapsed = started.elapsed();
+    let mut buf = Vec::new();
+    value(keys - 1, args.value_bytes, &mut buf);
+    if engine.get(&random_key(keys - 1))?.as_deref() != Some(buf.as_slice()) {
+        bail!("the last key written before SIGKILL is missing after reopen");
+    }
+    report.row(
+        "reopen",
+        "open after SIGKILL with a full memtable",
+        format!("{:.3} s", elapsed.as_secs_f64()),
+        format!(
+            "{keys} keys, memtable {}, log {} replayed ({flushes} flushes before the kill)",
+            mib(memtable_bytes),
+            mib(log_bytes)
+        ),
+    );
+    engine.close()?;
+    drop(engine);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if let Some(dir) = args.child_fill.clone() {
+        return child_fill(&args, &dir);
+    }
+    if args.quick {
+        args.keys = 1_000_000;
+        args.gets = 500_000;
+        args.always_puts = 200_000;
+    }
+    let phases: Vec<&str> = args.phases.split(',').map(str::trim).collect();
+    let user_bytes = args.keys * (16 + args.value_bytes as u64);
+    println!(
+        "storage_bench: {} keys of 16 B with {} B values ({}), memtable {} MiB, cache {} MiB, dir {}",
+        args.keys,
+        args.value_bytes,
+        mib(user_bytes),
+        args.memtable_mib,
+        args.cache_mib,
+        args.dir.display()
+    );
+    let mut report = Report { rows: Vec::new() };
+
+    if phases.contains(&"seq") {
+        let (engine, dir) = load(&args, &mut report, "seq", seq_key)?;
+        engine.close()?;
+        drop(engine);
+        std::fs::remove_dir_all(dir)?;
+    }
+    if phases.contains(&"random") || phases.contains(&"gets") {
+        let (engine, dir) = load(&args, &mut report, "random", random_key)?;
+        let started = Instant::now();
+        engine.compact()?;
+        let stats = engine.stats();
+        report.row(
+            "random",
+            "full compaction after the load",
+            format!("{:.1} s", started.elapsed().as_secs_f64()),
+            format!(
+                "{} tables, {} on disk, {} of filters+indexes",
+                stats.tables,
+                mib(stats.table_bytes),
+                mib(stats.table_memory_bytes)
+            ),
+        );
+        report.row(
+            "random",
+            "write amplification (load + compaction)",
+            format!(
+                "{:.2}",
+                (stats.log_bytes + stats.flushed_bytes + stats.compaction_bytes_written) as f64
+                    / user_bytes as f64
+            ),
+            write_amplification(&stats, user_bytes),
+        );
+        if phases.contains(&"gets") {
+            gets(&args, &mut report, &engine)?;
+        }
+        engine.close()?;
+        drop(engine);
+        std::fs::remove_dir_all(dir)?;
+    }
+    if phases.contains(&"always") {
+        always(&args, &mut report)?;
+    }
+    if phases.contains(&"reopen") {
+        reopen(&args, &mut report)?;
+    }
+    report.row(
+        "all",
+        "peak RSS (VmHWM)",
+        mib(proc_status_kib("VmHWM") * 1024),
+        "of this process, through every phase above".into(),
+    );
+    println!("\n{}", report.markdown());
+    Ok(())
+}
