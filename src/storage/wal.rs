@@ -182,9 +182,9 @@ impl WalWriter {
         self.bytes_appended
     }
 
-    /// Append one record carrying `batch` with sequence numbers from `first`.
-    /// It reaches the OS at the next [`write_out`](Self::write_out) (or once
-    /// the buffer is large).
+    /// Append one record carrying `batch` with sequence numbers from `first`
+    /// to the buffer; it reaches the OS at the next
+    /// [`write_out`](Self::write_out). Never fails after changing anything.
     pub(crate) fn append(&mut self, first: SeqNo, batch: &WriteBatch) -> Result<()> {
         let ops = batch.encoded_ops();
         let payload_len = PAYLOAD_PREFIX_BYTES + ops.len();
@@ -206,10 +206,12 @@ impl WalWriter {
         self.segment_bytes += record;
         self.bytes_appended += record;
         self.last_seq = SeqNo(first.0 + u64::from(batch.count()) - 1);
-        if self.buf.len() >= WRITE_OUT_BYTES {
-            self.write_out()?;
-        }
         Ok(())
+    }
+
+    /// Whether enough is buffered that it should be written out now.
+    pub(crate) fn should_write_out(&self) -> bool {
+        self.buf.len() >= WRITE_OUT_BYTES
     }
 
     /// Hand the buffered records to the OS (no fsync).
