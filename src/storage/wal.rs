@@ -413,6 +413,19 @@ pub(crate) fn replay(
         .into_iter()
         .filter(|id| *id >= log_start)
         .collect();
+    // Segments are numbered consecutively from `log_start` (the manifest's
+    // boundary, where the oldest unflushed memtable began); a hole means a
+    // lost file, and replaying around it would silently drop its writes.
+    for (index, id) in segments.iter().enumerate() {
+        let expected = SegmentId(log_start.0 + index as u64);
+        if *id != expected {
+            return Err(Error::corruption(
+                segment_path(dir, expected),
+                0,
+                "commit log segment is missing (later segments exist)",
+            ));
+        }
+    }
     let mut report = ReplayReport::default();
     let mut prev_seq = skip_through;
     let mut buf = Vec::new();
