@@ -38,7 +38,7 @@
 //!   their flush, writers stall (bounded by `max_write_stall`) instead of
 //!   growing memory.
 //! - **Reads never block** on flushes or compactions: the engine publishes an
-//!   immutable [`SuperVersion`](version::SuperVersion) (memtables + runs)
+//!   immutable `SuperVersion` (memtables + runs)
 //!   behind an `Arc`, swapped under a lock held only for the swap. A reader
 //!   takes the version and the visible sequence number together (under the
 //!   version lock's read side), which makes them consistent: every write at or
