@@ -735,9 +735,11 @@ impl Inner {
 
     fn sync_through(&self, seq: SeqNo) -> Result<()> {
         self.check_not_poisoned()?;
-        let synced = self
-            .group
-            .sync_through(seq, || self.write.lock().wal.prepare_sync());
+        let synced = self.group.sync_through(
+            seq,
+            || SeqNo(self.visible.load(Ordering::Acquire)),
+            || self.write.lock().wal.prepare_sync(),
+        );
         self.poison_on_error(synced)
     }
 
@@ -888,6 +890,7 @@ impl Inner {
                 table.mark_obsolete();
             }
         }
+
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
         self.counters
             .compacted_bytes_read
@@ -896,7 +899,7 @@ impl Inner {
             .compacted_bytes_written
             .fetch_add(bytes_written, Ordering::Relaxed);
         tracing::info!(
-            runs = inputs.len(),
+            runs = input_ids.len(),
             bottommost,
             bytes_read,
             bytes_written,
@@ -905,6 +908,10 @@ impl Inner {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compaction finished"
         );
+        // The replaced tables' filters and indexes go once no reader holds them.
+        drop(inputs);
+        drop(version);
+        trim_heap();
         Ok(())
     }
 
@@ -1071,11 +1078,16 @@ fn with_scratch_batch<T>(f: impl FnOnce(&mut WriteBatch) -> T) -> T {
 fn release_freed_memory(mem: Arc<MemTable>) {
     if Arc::strong_count(&mem) == 1 {
         drop(mem);
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free heap pages to the OS.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        trim_heap();
+    }
+}
+
+/// Return free heap pages to the OS (glibc only; elsewhere a no-op).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

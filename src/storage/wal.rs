@@ -74,6 +74,8 @@ const PAYLOAD_PREFIX_BYTES: usize = 12;
 /// The writer hands its buffer to the OS once it holds this much, so the
 /// buffer stays small and a process crash loses little under `everysec`.
 const WRITE_OUT_BYTES: usize = 256 << 10;
+/// How long a group-commit leader may wait for more records to arrive.
+const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(500);
 /// Segments are preallocated this much at a time (see [`preallocate_file`]).
 const PREALLOCATE_STEP: u64 = 4 << 20;
 
@@ -353,6 +355,7 @@ impl GroupCommit {
     pub(crate) fn sync_through(
         &self,
         seq: SeqNo,
+        appended: impl Fn() -> SeqNo,
         prepare: impl FnOnce() -> Result<(Vec<Arc<File>>, SeqNo)>,
     ) -> Result<()> {
         if self.synced() >= seq {
@@ -372,6 +375,22 @@ impl GroupCommit {
             }
         }
         // This thread leads: everything appended so far rides on its fsync.
+        // The writers the previous fsync just released are waking up to
+        // append their next records; give them a moment (while they keep
+        // arriving, at most `GATHER_WINDOW`) so that this fsync carries them
+        // too, instead of leaving them for the next one. Without this the
+        // writers split into two cohorts that alternate, each fsync carrying
+        // half of them.
+        let started = std::time::Instant::now();
+        let mut seen = appended();
+        while started.elapsed() < GATHER_WINDOW {
+            std::thread::yield_now();
+            let now = appended();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
         let result = prepare().and_then(|(files, upto)| {
             for file in files {
                 file.sync_data()?;
@@ -583,7 +602,7 @@ mod tests {
 
     fn replay_all(dir: &Path) -> (Vec<(u64, Vec<u8>)>, ReplayReport) {
         let mut seen = Vec::new();
-        let report = replay(dir, SegmentId(0), SeqNo(0), |seq, op| {
+        let report = replay(dir, SegmentId(1), SeqNo(0), |seq, op| {
             if let BatchOp::Put(key, _) = op {
                 seen.push((seq.0, key.to_vec()));
             }
@@ -664,7 +683,7 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         bytes[4] = 9;
         fs::write(&path, &bytes).unwrap();
-        let err = replay(dir.path(), SegmentId(0), SeqNo(0), |_, _| Ok(())).unwrap_err();
+        let err = replay(dir.path(), SegmentId(1), SeqNo(0), |_, _| Ok(())).unwrap_err();
         assert!(
             matches!(err, Error::UnsupportedVersion { found: 9, .. }),
             "{err}"
