@@ -76,6 +76,8 @@ const PAYLOAD_PREFIX_BYTES: usize = 12;
 const WRITE_OUT_BYTES: usize = 256 << 10;
 /// How long a group-commit leader may wait for more records to arrive.
 const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(500);
+/// The leader stops gathering once no record arrived for this long.
+const GATHER_QUIET: std::time::Duration = std::time::Duration::from_micros(30);
 /// Segments are preallocated this much at a time (see [`preallocate_file`]).
 const PREALLOCATE_STEP: u64 = 4 << 20;
 
@@ -383,13 +385,20 @@ impl GroupCommit {
         // half of them.
         let started = std::time::Instant::now();
         let mut seen = appended();
-        while started.elapsed() < GATHER_WINDOW {
+        let mut progressed_at = started;
+        loop {
             std::thread::yield_now();
-            let now = appended();
-            if now == seen {
+            let now = std::time::Instant::now();
+            let current = appended();
+            if current != seen {
+                seen = current;
+                progressed_at = now;
+            } else if now.duration_since(progressed_at) >= GATHER_QUIET {
                 break;
             }
-            seen = now;
+            if now.duration_since(started) >= GATHER_WINDOW {
+                break;
+            }
         }
         let result = prepare().and_then(|(files, upto)| {
             for file in files {
