@@ -184,9 +184,20 @@ fn load(
         phase,
         "RSS after load",
         mib(proc_status_kib("VmRSS") * 1024),
-        String::new(),
+        memory_note(&engine.stats()),
     );
     Ok((engine, dir))
+}
+
+fn memory_note(stats: &EngineStats) -> String {
+    format!(
+        "peak so far {}; memtables {} ({} frozen), block cache {} + indexes/filters {}",
+        mib(proc_status_kib("VmHWM") * 1024),
+        mib(stats.memtable_bytes),
+        stats.frozen_memtables,
+        mib(stats.cache_bytes),
+        mib(stats.cache_pinned_bytes)
+    )
 }
 
 fn write_amplification(stats: &EngineStats, user_bytes: u64) -> String {
