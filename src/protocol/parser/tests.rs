@@ -381,7 +381,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_resp_like_bytes_never_panic(parts in proptest::collection::vec(
+    fn resp_like_bytes_parse_the_same_whole_and_bytewise(parts in proptest::collection::vec(
         prop_oneof![
             Just(&b"*"[..]), Just(&b"$"[..]), Just(&b"\r\n"[..]), Just(&b"1"[..]), Just(&b"3"[..]),
             Just(&b"-"[..]), Just(&b"\""[..]), Just(&b"'"[..]), Just(&b"\\"[..]), Just(&b"x"[..]), Just(&b" "[..]),
