@@ -73,6 +73,9 @@ const INLINE_MAX: usize = 64 * 1024;
 /// (the rest grows as arguments actually arrive). Redis uses the same cap.
 const ARGV_PREALLOC_CAP: usize = 1024;
 
+/// Most recycled argument vectors kept for reuse.
+const SPARE_POOL: usize = 256;
+
 /// Before `AUTH`, Redis 7 refuses counts and lengths above these (so an
 /// unauthenticated client cannot make the server buffer much).
 const UNAUTH_MAX_MULTIBULK: i64 = 10;
@@ -223,8 +226,10 @@ pub struct RequestParser {
     state: State,
     /// Arguments of the request being assembled.
     args: Vec<Bytes>,
-    /// A vector handed back by [`recycle`](Self::recycle), reused next time.
-    spare: Vec<Bytes>,
+    /// Vectors handed back by [`recycle`](Self::recycle), reused by the next
+    /// requests (a pool, so a pipelined batch parsed before it is executed
+    /// reuses vectors too).
+    spares: Vec<Vec<Bytes>>,
     /// How many bytes at the front of the buffer were already searched for the
     /// current line's terminator without finding it.
     scanned: usize,
@@ -244,7 +249,7 @@ impl RequestParser {
             unauthenticated: false,
             state: State::Start,
             args: Vec::new(),
-            spare: Vec::new(),
+            spares: Vec::new(),
             scanned: 0,
         }
     }
@@ -266,18 +271,18 @@ impl RequestParser {
     pub fn recycle(&mut self, request: Request) {
         let mut args = request.args;
         args.clear();
-        if args.capacity() > ARGV_PREALLOC_CAP {
-            // Keep no outsized vector alive after one huge request.
+        // Keep no outsized vector alive after one huge request, and no more
+        // vectors than a large pipelined batch needs.
+        if args.capacity() == 0
+            || args.capacity() > ARGV_PREALLOC_CAP
+            || self.spares.len() >= SPARE_POOL
+        {
             return;
         }
-        // Straight into use when nothing of the next request is held yet.
-        let slot = if self.args.is_empty() {
-            &mut self.args
+        if self.args.capacity() == 0 {
+            self.args = args;
         } else {
-            &mut self.spare
-        };
-        if args.capacity() > slot.capacity() {
-            *slot = args;
+            self.spares.push(args);
         }
     }
 
@@ -361,7 +366,7 @@ impl RequestParser {
     }
 
     fn take_request(&mut self) -> Request {
-        let next = std::mem::take(&mut self.spare);
+        let next = self.spares.pop().unwrap_or_default();
         Request {
             args: std::mem::replace(&mut self.args, next),
         }
