@@ -233,6 +233,11 @@ impl Keyspace {
                 opts.partitions
             )));
         }
+        let limits = SiblingLimits {
+            warn: opts.sibling_warn,
+            max: opts.sibling_max,
+        };
+        limits.validate()?;
         std::fs::create_dir_all(data_dir)?;
         let identity = Identity::load_or_create(data_dir, opts.partitions)?;
         if opts.storage.compaction_filter.is_none() {
@@ -245,10 +250,7 @@ impl Keyspace {
             engine,
             identity.actor,
             opts.partitions,
-            SiblingLimits {
-                warn: opts.sibling_warn,
-                max: opts.sibling_max,
-            },
+            limits,
             known,
         )?;
         let (shutdown, _) = watch::channel(false);
