@@ -336,8 +336,9 @@ impl Keyspace {
         };
         check_arity(name_lower, name, args)?;
         match name_lower {
-            // These read or rewrite many keys: keep them off the async threads.
-            "keys" | "scan" | "randomkey" | "flushall" | "flushdb" => {
+            // These may read or rewrite every key: keep them off the async
+            // threads. (`SCAN` stays inline: its work is bounded by `COUNT`.)
+            "keys" | "randomkey" | "flushall" | "flushdb" => {
                 let shared = self.shared.clone();
                 let owned: Vec<Bytes> = args.to_vec();
                 let name = name_lower.to_string();
