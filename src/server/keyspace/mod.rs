@@ -246,13 +246,7 @@ impl Keyspace {
         let fsync = opts.storage.fsync;
         let engine = Arc::new(Engine::open(&data_dir.join("db"), opts.storage.clone())?);
         let known = Counts::take(data_dir, SeqNo(engine.stats().last_seq))?;
-        let replica = Replica::open(
-            engine,
-            identity.actor,
-            opts.partitions,
-            limits,
-            known,
-        )?;
+        let replica = Replica::open(engine, identity.actor, opts.partitions, limits, known)?;
         let (shutdown, _) = watch::channel(false);
         Ok(Keyspace {
             shared: Arc::new(Shared {
