@@ -3,9 +3,12 @@
 //!
 //! # Design
 //!
-//! - **Keyed by `(TableId, block offset)`.** Table ids are never reused, so a
-//!   deleted table's blocks can never be confused with a newer table's; they
-//!   simply stop being referenced and age out.
+//! - **Keyed by `(CacheSlot, block offset)`**, where the slot is a number
+//!   the cache hands to each `SsTable::open` (`BlockCache::new_slot`), not
+//!   the table's id: even if an engine ever reused a `TableId` for a
+//!   different file, or two engines shared one cache, no table could be
+//!   served another's blocks. A closed table's blocks stop being referenced
+//!   and age out.
 //! - **Sharded CLOCK, not LRU.** A hit must be cheap and must not serialise
 //!   readers: it takes a shard's *read* lock, sets the entry's "referenced"
 //!   bit (a relaxed atomic store) and clones an `Arc`. A true LRU would have to
@@ -17,11 +20,11 @@
 //!   bookkeeping overhead. Blocks larger than a shard's share are not cached.
 //! - **Pinned memory is charged here too.** Every open `SsTable` keeps its
 //!   block index and bloom filter resident and registers their size with the
-//!   cache ([`BlockCache::pin`]); the room left for blocks is
+//!   cache (`BlockCache::pin`); the room left for blocks is
 //!   `capacity - pinned`. So the engine's read-side memory is bounded by the
-//!   one capacity it configures, as long as the pinned part fits (about 2.5
-//!   bytes per key with 10 filter bits per key and ~35 entries per 4 KiB
-//!   block; see the `sstable` module doc). When pinned memory exceeds the
+//!   one capacity it configures, as long as the pinned part fits (about 2.8
+//!   bytes per key with 10 filter bits per key, 16-byte keys and 4 KiB
+//!   blocks; see the `sstable` module doc). When pinned memory exceeds the
 //!   capacity, the cache holds no blocks and [`CacheStats::pinned_bytes`] shows
 //!   why.
 //! - **Read counters live here** ([`BlockCache::read_stats`]): one cache per
@@ -31,7 +34,6 @@
 
 use crate::storage::sstable::block::Block;
 use crate::storage::sstable::{ReadStats, ReadStatsSnapshot};
-use crate::storage::types::TableId;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -114,10 +116,14 @@ impl StripedCounter {
     }
 }
 
-/// Where a block lives: which table, at which byte offset.
+/// One open table's namespace in the cache, from [`BlockCache::new_slot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CacheSlot(u64);
+
+/// Where a block lives: which open table, at which byte offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct BlockKey {
-    pub(crate) table: TableId,
+    pub(crate) table: CacheSlot,
     pub(crate) offset: u64,
 }
 
@@ -171,6 +177,7 @@ impl Shard {
 /// A sharded CLOCK cache of decoded data blocks, bounded by bytes.
 pub struct BlockCache {
     shards: Box<[RwLock<Shard>]>,
+    next_slot: AtomicU64,
     capacity: usize,
     pinned: AtomicUsize,
     hits: StripedCounter,
@@ -191,6 +198,7 @@ impl BlockCache {
     pub fn new(capacity_bytes: usize) -> Self {
         BlockCache {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            next_slot: AtomicU64::new(0),
             capacity: capacity_bytes,
             pinned: AtomicUsize::new(0),
             hits: StripedCounter::default(),
@@ -224,6 +232,11 @@ impl BlockCache {
 
     pub(crate) fn counters(&self) -> &ReadStats {
         &self.read_stats
+    }
+
+    /// A fresh namespace for one opened table's blocks.
+    pub(crate) fn new_slot(&self) -> CacheSlot {
+        CacheSlot(self.next_slot.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Charges `bytes` of resident table memory (index, filter) to the cache.
@@ -301,7 +314,7 @@ mod tests {
 
     fn key(table: u64, offset: u64) -> BlockKey {
         BlockKey {
-            table: TableId(table),
+            table: CacheSlot(table),
             offset,
         }
     }

@@ -309,7 +309,8 @@ impl Engine {
                 .max(manifest_data.log_start.0.saturating_sub(1))
                 + 1,
         );
-        let wal = WalWriter::create(dir, next_segment, last_seq, opts.wal_segment_bytes)?;
+        let mut wal = WalWriter::create(dir, next_segment, last_seq, opts.wal_segment_bytes)?;
+        wal.set_keep_retired(opts.fsync != FsyncPolicy::No);
         if report.records > 0 || report.bytes_dropped > 0 {
             tracing::info!(
                 dir = %dir.display(),
@@ -570,7 +571,12 @@ fn close(inner: &Arc<Inner>, threads: &Mutex<Vec<JoinHandle<()>>>) -> Result<()>
             .wal
             .trim()
             .and_then(|()| state.wal.prepare_sync())
-            .and_then(|(file, _)| Ok(file.sync_data()?))
+            .and_then(|(files, _)| {
+                for file in files {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })
     };
     *inner.lock_file.lock() = None;
     result
@@ -624,8 +630,7 @@ impl Inner {
         self.visible.store(last.0, Ordering::Release);
         if state.wal.segment_bytes() >= self.opts.wal_segment_bytes {
             let next = SegmentId(state.wal.segment().0 + 1);
-            let synced = state.wal.rotate(next)?;
-            self.group.mark_synced(synced);
+            state.wal.rotate(next)?;
         }
         drop(state);
         self.counters.puts.fetch_add(puts, Ordering::Relaxed);
@@ -683,8 +688,7 @@ impl Inner {
     /// memtable, and queue the old one for its flush.
     fn freeze(&self, state: &mut WriteState) -> Result<()> {
         let next = SegmentId(state.wal.segment().0 + 1);
-        let synced = state.wal.rotate(next)?;
-        self.group.mark_synced(synced);
+        state.wal.rotate(next)?;
         let old = std::mem::replace(&mut state.active, Arc::new(MemTable::new()));
         old.set_successor_segment(next);
         {

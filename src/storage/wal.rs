@@ -117,6 +117,9 @@ pub(crate) struct WalWriter {
     segment_limit: u64,
     /// Bytes preallocated so far (0 if the file system cannot).
     allocated: u64,
+    /// Rotated segments whose last records may not be fsynced yet.
+    retired: Vec<Arc<File>>,
+    keep_retired: bool,
     file: Arc<File>,
     /// Encoded records not yet handed to the OS.
     buf: Vec<u8>,
@@ -154,6 +157,8 @@ impl WalWriter {
             id,
             segment_limit,
             allocated,
+            retired: Vec::new(),
+            keep_retired: true,
             file: Arc::new(file),
             buf: Vec::with_capacity(WRITE_OUT_BYTES * 2),
             segment_bytes: HEADER_BYTES as u64,
@@ -236,24 +241,38 @@ impl WalWriter {
         Ok(())
     }
 
-    /// Write out the buffer and return what a syncer needs: the file to fsync
-    /// and the last sequence number it will then cover.
-    pub(crate) fn prepare_sync(&mut self) -> Result<(Arc<File>, SeqNo)> {
+    /// Write out the buffer and return what a syncer needs: the files to
+    /// fsync (rotated segments not yet synced, then the current one) and the
+    /// last sequence number they will then cover.
+    pub(crate) fn prepare_sync(&mut self) -> Result<(Vec<Arc<File>>, SeqNo)> {
         self.write_out()?;
-        Ok((self.file.clone(), self.last_seq))
+        let mut files = std::mem::take(&mut self.retired);
+        files.push(self.file.clone());
+        Ok((files, self.last_seq))
     }
 
-    /// Close the current segment (written out and fsynced, so the sequence
-    /// numbers in it are durable) and start segment `next`. Returns the last
-    /// sequence number of the closed segment.
-    pub(crate) fn rotate(&mut self, next: SegmentId) -> Result<SeqNo> {
+    /// Close the current segment (written out and trimmed) and start segment
+    /// `next`. The closed segment is not fsynced here, under the write lock:
+    /// unless `keep_retired` is off (`fsync no`), it is kept for the next
+    /// sync, which fsyncs it before the current segment, so "synced through
+    /// seq" stays true across segments.
+    pub(crate) fn rotate(&mut self, next: SegmentId) -> Result<()> {
         self.trim()?;
-        self.file.sync_data()?;
-        let fresh = WalWriter::create(&self.dir, next, self.last_seq, self.segment_limit)?;
-        let bytes_appended = self.bytes_appended;
+        let mut fresh = WalWriter::create(&self.dir, next, self.last_seq, self.segment_limit)?;
+        fresh.keep_retired = self.keep_retired;
+        fresh.bytes_appended = self.bytes_appended;
+        fresh.retired = std::mem::take(&mut self.retired);
+        if self.keep_retired {
+            fresh.retired.push(self.file.clone());
+        }
         *self = fresh;
-        self.bytes_appended = bytes_appended;
-        Ok(self.last_seq)
+        Ok(())
+    }
+
+    /// Whether rotated segments wait for the next sync (off under `fsync no`,
+    /// where nothing is ever synced and they would pile up).
+    pub(crate) fn set_keep_retired(&mut self, keep: bool) {
+        self.keep_retired = keep;
     }
 }
 
@@ -332,7 +351,7 @@ impl GroupCommit {
     pub(crate) fn sync_through(
         &self,
         seq: SeqNo,
-        prepare: impl FnOnce() -> Result<(Arc<File>, SeqNo)>,
+        prepare: impl FnOnce() -> Result<(Vec<Arc<File>>, SeqNo)>,
     ) -> Result<()> {
         if self.synced() >= seq {
             return Ok(());
@@ -351,8 +370,10 @@ impl GroupCommit {
             }
         }
         // This thread leads: everything appended so far rides on its fsync.
-        let result = prepare().and_then(|(file, upto)| {
-            file.sync_data()?;
+        let result = prepare().and_then(|(files, upto)| {
+            for file in files {
+                file.sync_data()?;
+            }
             self.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.mark_synced(upto);
             Ok(())

@@ -39,7 +39,15 @@ pub(crate) fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads an unsigned LEB128 varint of at most 10 bytes at `*pos`.
+#[inline]
 pub(crate) fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, Malformed> {
+    // Most varints in a block (lengths, the shared prefix) are one byte.
+    if let Some(&byte) = buf.get(*pos) {
+        if byte < 0x80 {
+            *pos += 1;
+            return Ok(u64::from(byte));
+        }
+    }
     let mut v: u64 = 0;
     for i in 0..10 {
         let byte = *buf.get(*pos).ok_or(Malformed("varint runs past the end"))?;
@@ -83,13 +91,21 @@ struct RawEntry<'a> {
 }
 
 /// A data block, checksum already verified, restart array validated.
-#[derive(Debug)]
 pub(crate) struct Block {
     /// The block's bytes without its CRC trailer.
     data: Bytes,
     /// Where the restart array starts; entries live in `data[..restarts_at]`.
     restarts_at: usize,
     num_restarts: usize,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("bytes", &self.data.len())
+            .field("restarts", &self.num_restarts)
+            .finish()
+    }
 }
 
 impl Block {
@@ -169,14 +185,22 @@ impl Block {
         })
     }
 
+    /// The entry's value as an owned `Entry`.
+    ///
+    /// A value that fills at least half its block shares the block's buffer
+    /// (no copy of a large value); a smaller one is copied, so that a value
+    /// the caller keeps never pins a whole block outside the cache's
+    /// accounting (a 100-byte value would otherwise hold 4 KiB).
     fn entry_value(&self, raw: &RawEntry<'_>) -> (SeqNo, Entry) {
         let entry = if raw.kind == KIND_TOMBSTONE {
             Entry::Tombstone
         } else {
-            Entry::Value(
-                self.data
-                    .slice(raw.value_start..raw.value_start + raw.value_len),
-            )
+            let range = raw.value_start..raw.value_start + raw.value_len;
+            if 2 * raw.value_len >= self.data.len() {
+                Entry::Value(self.data.slice(range))
+            } else {
+                Entry::Value(Bytes::copy_from_slice(&self.data[range]))
+            }
         };
         (SeqNo(raw.seq), entry)
     }

@@ -27,7 +27,6 @@ pub const MAX_ENTRY_BYTES: usize = 1 << 30;
 /// live or a leftover the engine must decide about. A builder dropped (or
 /// [`abandon`](Self::abandon)ed) before [`finish`](Self::finish) succeeded
 /// deletes its partial file; after any failed write it refuses further calls.
-#[derive(Debug)]
 pub struct SsTableBuilder {
     path: PathBuf,
     id: TableId,
@@ -57,6 +56,18 @@ enum State {
     Failed,
     /// `finish` succeeded; the file is the caller's.
     Finished,
+}
+
+impl std::fmt::Debug for SsTableBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsTableBuilder")
+            .field("path", &self.path)
+            .field("id", &self.id)
+            .field("entries", &self.entries)
+            .field("bytes", &self.offset)
+            .field("state", &self.state)
+            .finish()
+    }
 }
 
 impl SsTableBuilder {
