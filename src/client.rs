@@ -13,6 +13,8 @@
 //! Pipelining: [`Client::pipeline`] writes a batch of commands in one write and
 //! then reads their replies in order; [`Client::queue`], [`Client::flush`] and
 //! [`Client::read_reply`] are the same in pieces, for callers that interleave.
+//! RESP3 push messages (client tracking, pub/sub) never take a reply's place:
+//! they are set aside for [`Client::take_pushes`].
 //!
 //! Why not the `redis` crate: the REPL must show every reply type exactly as
 //! the server sent it (simple vs bulk strings, RESP3 doubles, verbatim text,
@@ -51,10 +53,14 @@ pub struct ConnectOptions {
     pub resp3: bool,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// Give up waiting for a reply after this long (`Error::Timeout`; the
+    /// connection is then unusable). `None`: wait as long as it takes.
+    pub reply_timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
-    /// Options for `host:port`, RESP2, no password, a 5 s connect timeout.
+    /// Options for `host:port`, RESP2, no password, a 5 s connect timeout, no
+    /// reply timeout.
     pub fn new(host: impl Into<String>, port: u16) -> ConnectOptions {
         ConnectOptions {
             host: host.into(),
@@ -63,6 +69,7 @@ impl ConnectOptions {
             user: None,
             resp3: false,
             connect_timeout: Duration::from_secs(5),
+            reply_timeout: None,
         }
     }
 }
@@ -83,6 +90,9 @@ pub struct Client {
     /// One entry per reply still owed, in order: the protocol a successful
     /// reply switches to (for `HELLO`).
     owed: VecDeque<Option<ProtocolVersion>>,
+    /// RESP3 push messages that arrived between replies.
+    pushes: VecDeque<Value>,
+    reply_timeout: Option<Duration>,
 }
 
 impl Client {
@@ -112,6 +122,8 @@ impl Client {
             decoder: ValueDecoder::default(),
             proto: ProtocolVersion::Resp2,
             owed: VecDeque::new(),
+            pushes: VecDeque::new(),
+            reply_timeout: opts.reply_timeout,
         };
         let user = opts.user.as_deref().unwrap_or("default");
         let handshake: Option<Vec<&str>> = match (opts.resp3, opts.password.as_deref()) {
@@ -128,6 +140,21 @@ impl Client {
             }
         }
         Ok(client)
+    }
+
+    /// Connect, retrying every 50 ms until `within` has passed: for tests and
+    /// tools that start a server and wait until it answers. Refusals (a wrong
+    /// password) are returned at once; only connection failures are retried.
+    pub async fn connect_retrying(opts: &ConnectOptions, within: Duration) -> Result<Client> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match Client::connect_with(opts).await {
+                Err(Error::Io(_) | Error::Timeout(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The protocol the server is speaking (RESP3 after a successful
@@ -175,7 +202,9 @@ impl Client {
         Ok(())
     }
 
-    /// Read the next reply (of a queued command, or a RESP3 push message).
+    /// Read the reply to the oldest command not yet answered. RESP3 push
+    /// messages that arrive in between are kept for
+    /// [`take_pushes`](Self::take_pushes).
     pub async fn read_reply(&mut self) -> Result<Value> {
         loop {
             let decoded = self
@@ -183,7 +212,10 @@ impl Client {
                 .decode(&mut self.read_buf)
                 .map_err(|e| Error::invalid(format!("from server: {e}")))?;
             match decoded {
-                Some(Value::Push(items)) => return Ok(Value::Push(items)),
+                Some(Value::Push(items)) => {
+                    self.pushes.push_back(Value::Push(items));
+                    continue;
+                }
                 Some(value) => {
                     if let Some(Some(version)) = self.owed.pop_front() {
                         if !value.is_error() {
@@ -195,10 +227,22 @@ impl Client {
                 None => {}
             }
             self.read_buf.reserve(READ_CHUNK);
-            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+            let read = self.stream.read_buf(&mut self.read_buf);
+            let n = match self.reply_timeout {
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| Error::Timeout(format!("no reply within {limit:?}")))??,
+                None => read.await?,
+            };
+            if n == 0 {
                 return Err(Error::Closed("connection"));
             }
         }
+    }
+
+    /// Push messages received so far (oldest first), emptying the store.
+    pub fn take_pushes(&mut self) -> Vec<Value> {
+        self.pushes.drain(..).collect()
     }
 
     /// Replies still owed for commands already flushed.
@@ -421,6 +465,72 @@ mod tests {
         }
         opts.password = Some("secret".into());
         assert!(Client::connect_with(&opts).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn push_messages_are_set_aside_and_do_not_take_a_replys_place() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = socket.read(&mut request).await;
+            let invalidate_then_pong = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n+PONG\r\n";
+            socket.write_all(invalidate_then_pong).await.unwrap();
+            let _ = socket.read(&mut request).await;
+        });
+        let mut c = Client::connect("127.0.0.1", port).await.unwrap();
+        assert_eq!(
+            c.send(&["PING"]).await.unwrap(),
+            Value::Status("PONG".into())
+        );
+        let pushes = c.take_pushes();
+        assert_eq!(pushes.len(), 1);
+        assert_eq!(pushes[0].as_array().map(|a| a.len()), Some(2));
+        assert!(c.take_pushes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_when_asked_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            // Accept and never answer.
+            let (_socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let mut opts = ConnectOptions::new("127.0.0.1", port);
+        opts.reply_timeout = Some(Duration::from_millis(100));
+        let mut c = Client::connect_with(&opts).await.unwrap();
+        assert!(matches!(c.send(&["PING"]).await, Err(Error::Timeout(_))));
+    }
+
+    #[tokio::test]
+    async fn connect_retrying_waits_for_a_server_that_starts_late() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(b"+PONG\r\n").await.unwrap();
+        });
+        let opts = ConnectOptions::new("127.0.0.1", port);
+        let mut c = Client::connect_retrying(&opts, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.send(&["PING"]).await.unwrap(),
+            Value::Status("PONG".into())
+        );
+        late.await.unwrap();
     }
 
     #[tokio::test]

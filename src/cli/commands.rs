@@ -191,7 +191,7 @@ impl CommandTable {
         let candidates = match before.as_slice() {
             [] if word.starts_with(':') => super::repl::HELPERS
                 .iter()
-                .map(|(name, _)| name.to_string())
+                .map(|(name, _, _)| name.to_string())
                 .filter(|name| name.starts_with(word))
                 .collect(),
             [] => matching(&mut self.commands.keys()),

@@ -9,10 +9,12 @@
 //!   the last argument from stdin.
 //! - Commands on stdin when stdin is not a terminal: one per line, split with
 //!   Redis' quoting rules ([`split_args`](crate::protocol::split_args)).
-//! - Replies printed exactly as `redis-cli` 7 prints them ([`format`]): the
+//! - Replies printed exactly as `redis-cli` 7 prints them ([`format`](mod@format)): the
 //!   human form on a terminal, the raw form when stdout is not one (`--raw`
 //!   and `--no-raw` force either).
-//! - `-h host -p port -a password [--user name]`, `-3`/`--resp3` for RESP3.
+//! - `-h host -p port -a password [--user name]` (the password may come from
+//!   `RINGKV_CLI_AUTH` instead, as redis-cli's `REDISCLI_AUTH`), `-3`/`--resp3`
+//!   for RESP3.
 //!   The exit status is 0 when every command got a reply, error replies
 //!   included (as `redis-cli`), and 1 when the server could not be reached.
 //!
@@ -23,7 +25,8 @@
 //!   in the REPL, the key is in conflict (DESIGN.md §3), and the REPL also
 //!   fetches `VCLOCK key TEXT` and prints the siblings' causal context under
 //!   the values, with a pointer to `:resolve`.
-//! - Helper commands start with `:` so they never shadow a server command:
+//! - Helper commands start with `:` so they never shadow a server command
+//!   (redis-cli uses `:` for `:set hints`-style preferences, which we lack):
 //!   `:resolve key` reads `VCLOCK key WITHVALUES` (values and context from one
 //!   read, so the context covers exactly the values shown), lets the user pick
 //!   a sibling by number or type a new value, and sends `RESOLVE key context
@@ -104,6 +107,10 @@ impl CliArgs {
 /// The binary's whole life: parse flags, pick a mode, run it.
 pub fn main() -> ExitCode {
     let args = CliArgs::parse();
+    if args.password.is_some() && std::env::var_os("RINGKV_CLI_AUTH").is_none() {
+        // The same warning redis-cli gives: the password shows in `ps`.
+        eprintln!("Warning: Using a password with '-a' option on the command line interface may not be safe.");
+    }
     let raw = if args.raw {
         true
     } else if args.no_raw {
@@ -204,9 +211,25 @@ impl Session {
         result
     }
 
+    /// RESP3 push messages that arrived since the last call.
+    pub fn take_pushes(&mut self) -> Vec<Value> {
+        self.client
+            .as_mut()
+            .map(Client::take_pushes)
+            .unwrap_or_default()
+    }
+
     /// The text redis-cli prints when it cannot reach the server.
     pub fn connect_error(&self, e: &Error) -> String {
         match e {
+            Error::Refused {
+                code: "NOPROTO", ..
+            } => {
+                format!(
+                    "HELLO 3 failed (the server speaks RESP2 only?): {}",
+                    e.to_resp()
+                )
+            }
             Error::Refused { .. } => format!("AUTH failed: {}", e.to_resp()),
             _ => format!(
                 "Could not connect to ringkv at {}:{}: {}",

@@ -24,14 +24,19 @@ use super::{print_reply, CliArgs, Session};
 use crate::client::Value;
 use crate::protocol::split_args;
 
-/// The REPL's own commands: name and what it does.
-pub const HELPERS: &[(&str, &str)] = &[
-    (":help", "list these helpers"),
+/// The REPL's own commands: name, arguments, what it does.
+pub const HELPERS: &[(&str, &str, &str)] = &[
+    (":help", "", "list these helpers"),
     (
         ":resolve",
-        ":resolve <key>  show the key's siblings, pick one by number or type a new value, then RESOLVE",
+        "<key>",
+        "show the key's values, pick one by number or type a new one, then RESOLVE",
     ),
-    (":siblings", ":siblings <key>  show the key's values with their causal context (VCLOCK TEXT)"),
+    (
+        ":siblings",
+        "<key>",
+        "show the key's values with their causal context (VCLOCK TEXT)",
+    ),
 ];
 
 const HISTORY_FILE: &str = ".ringkv_cli_history";
@@ -147,13 +152,16 @@ fn print_helpers(out: &mut dyn Write) {
         out,
         "ringkv-cli helpers (server commands work as in redis-cli):"
     );
-    for (name, what) in HELPERS {
-        let _ = writeln!(out, "  {name:<10} {what}");
+    let rows = HELPERS
+        .iter()
+        .map(|(name, args, what)| (format!("{name} {args}"), *what))
+        .chain([
+            ("help <command>".to_string(), "usage of a server command"),
+            ("quit".to_string(), "leave (also exit, Ctrl-D)"),
+        ]);
+    for (usage, what) in rows {
+        let _ = writeln!(out, "  {usage:<16} {what}");
     }
-    let _ = writeln!(
-        out,
-        "  help <command>  usage of a server command; quit or exit leaves"
-    );
 }
 
 /// The command table: the server's `COMMAND DOCS` if it answers, over the
@@ -179,6 +187,9 @@ pub fn run_interactive(session: &mut Session, words: &[Bytes], raw: bool, out: &
             // As redis-cli: slow commands say how long they took.
             if !raw && elapsed.as_millis() >= 500 {
                 let _ = writeln!(out, "({:.2}s)", elapsed.as_secs_f64());
+            }
+            for push in session.take_pushes() {
+                let _ = print_reply(&[], &push, raw, out);
             }
             let is_get = words.len() == 2 && words[0].eq_ignore_ascii_case(b"get");
             if is_get && matches!(value, Value::Array(_)) {
