@@ -433,6 +433,9 @@ mod tests {
         let odd = conflict(b"a b\r\n", 2).to_resp();
         assert!(odd.starts_with("CONFLICT a?b?? has 2"), "{odd}");
         let long = conflict(&[b'x'; 100], 2).to_resp();
-        assert!(long.contains(&format!("{}... has", "x".repeat(64))), "{long}");
+        assert!(
+            long.contains(&format!("{}... has", "x".repeat(64))),
+            "{long}"
+        );
     }
 }
