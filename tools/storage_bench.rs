@@ -269,15 +269,15 @@ fn gets(args: &Args, report: &mut Report, engine: &Engine) -> Result<()> {
             let negatives = after.bloom_negatives - before.bloom_negatives;
             let blocks = after.data_block_reads - before.data_block_reads;
             let bits = options(args, FsyncPolicy::No).table.bloom_bits_per_key;
-            let k = f64::from(probes_for(bits));
-            let fp = (1.0 - (-k / f64::from(bits)).exp()).powf(k);
+            let k = probes_for(bits);
+            let fp = blocked_bloom_fp(bits, k);
             let tables_per_get = checks as f64 / total as f64;
             report.row(
                 "gets",
                 "absent-key gets that read a data block",
                 format!("{:.3}%", 100.0 * blocks as f64 / total as f64),
                 format!(
-                    "predicted {:.3}% = {tables_per_get:.2} filters consulted per get x {:.3}% fp ({bits} bits/key, k={k}); filter passes {}/{checks}",
+                    "predicted {:.3}% = {tables_per_get:.2} filters consulted per get x {:.3}% fp (blocked bloom, {bits} bits/key, k={k}); filter passes {}/{checks}",
                     100.0 * tables_per_get * fp,
                     100.0 * fp,
                     checks - negatives
@@ -286,6 +286,26 @@ fn gets(args: &Args, report: &mut Report, engine: &Engine) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The false-positive rate of the SSTables' blocked bloom filter (see
+/// `storage::bloom`: all `k` probes of a key land in one 512-bit block, and
+/// a block holds Poisson(512 / bits_per_key) keys), averaged over the number
+/// of keys in a block. About 0.96% at 10 bits per key, where a classic bloom
+/// filter would give 0.82%.
+fn blocked_bloom_fp(bits_per_key: u32, k: u32) -> f64 {
+    const BLOCK_BITS: f64 = 512.0;
+    let lambda = BLOCK_BITS / f64::from(bits_per_key.max(1));
+    let mut poisson = (-lambda).exp();
+    let mut fp = 0.0;
+    for keys in 0..2000u32 {
+        if keys > 0 {
+            poisson *= lambda / f64::from(keys);
+        }
+        let bit_unset = (1.0 - 1.0 / BLOCK_BITS).powf(f64::from(k * keys));
+        fp += poisson * (1.0 - bit_unset).powi(k as i32);
+    }
+    fp
 }
 
 fn always(args: &Args, report: &mut Report) -> Result<()> {
