@@ -285,7 +285,7 @@ impl Engine {
         }
         remove_orphans(dir, &manifest_data)?;
 
-        let mem = Arc::new(MemTable::new());
+        let mem = Arc::new(MemTable::new(opts.memtable_bytes));
         let report = wal::replay(
             dir,
             manifest_data.log_start,
@@ -720,7 +720,10 @@ impl Inner {
         let next = SegmentId(state.wal.segment().0 + 1);
         let rotated = state.wal.rotate(next);
         self.poison_on_error(rotated)?;
-        let old = std::mem::replace(&mut state.active, Arc::new(MemTable::new()));
+        let old = std::mem::replace(
+            &mut state.active,
+            Arc::new(MemTable::new(self.opts.memtable_bytes)),
+        );
         old.set_successor_segment(next);
         {
             let mut current = self.current.write();
