@@ -280,6 +280,16 @@ impl MemTable {
         (found.key().key.as_ref() == key).then(|| (found.key().seq, found.value().clone()))
     }
 
+    /// Search for `key` and discard the result, to bring the path an insert
+    /// of `key` will take into the CPU cache.
+    pub(crate) fn warm(&self, key: &[u8]) {
+        let probe = Probe::new(key, SeqNo(u64::MAX));
+        drop(
+            self.map
+                .lower_bound(Bound::Included(&probe as &dyn VersionedKey)),
+        );
+    }
+
     /// Estimated memory held, in bytes.
     pub(crate) fn approximate_bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
