@@ -17,6 +17,13 @@
 //!    commit shares fsyncs.
 //! 5. `reopen`: a child process fills a 64 MiB memtable (no flush) and is
 //!    killed with SIGKILL; the time to reopen (replay the log) is measured.
+//! 6. `server` (not in the default list): the storage half of
+//!    `redis-benchmark -t set,get -r 1000000 -d 100`, as the server's keyspace
+//!    drives it. `--server-threads` threads each run `--server-ops` SETs over
+//!    `--server-keys` random keys (18-byte keys: a big-endian partition then
+//!    16 bytes; `--server-value-bytes` values), each SET an `engine.get`
+//!    followed by a one-put `write_unsynced`; then as many GETs. Run it alone
+//!    (`--phases server`) to profile the hot paths.
 //!
 //! Peak resident memory (VmHWM) is read from /proc/self/status at the end.
 //! A benchmark is a tool, not a test: it prints a table and never fails on a
@@ -32,7 +39,7 @@ use clap::Parser;
 use rand::Rng;
 use ringkv::config::FsyncPolicy;
 use ringkv::storage::bloom::probes_for;
-use ringkv::storage::{Engine, EngineStats, Options};
+use ringkv::storage::{Engine, EngineStats, Options, WriteBatch};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ringkv storage engine benchmark")]
@@ -70,6 +77,19 @@ struct Args {
     /// Phases to run, comma-separated: seq,random,gets,always,reopen.
     #[arg(long, default_value = "seq,random,gets,always,reopen")]
     phases: String,
+    /// Key space of the server phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    server_keys: u64,
+    /// SETs, then GETs, per thread in the server phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    server_ops: u64,
+    /// Threads in the server phase (the server's worker count).
+    #[arg(long, default_value_t = 2)]
+    server_threads: u64,
+    /// Value size in the server phase (an encoded sibling set of a 100-byte
+    /// user value).
+    #[arg(long, default_value_t = 130)]
+    server_value_bytes: usize,
     /// Internal: run as the reopen phase's child, filling this directory.
     #[arg(long, hide = true)]
     child_fill: Option<PathBuf>,
@@ -88,6 +108,23 @@ fn random_key(i: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
     key[8..].copy_from_slice(&i.to_be_bytes());
+    key
+}
+
+/// The keyspace's on-disk key for redis-benchmark's `key:__rand_int__`: the
+/// partition (u16 big-endian, one of 256, from a hash of the user key) then
+/// `key:` and the index as 12 decimal digits. Keys of one partition share
+/// their first eight bytes, as they do in the server.
+fn server_key(i: u64) -> [u8; 18] {
+    let mut key = [0u8; 18];
+    let partition = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u16;
+    key[..2].copy_from_slice(&partition.to_be_bytes());
+    key[2..6].copy_from_slice(b"key:");
+    let mut rest = i;
+    for digit in key[6..].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
     key
 }
 
@@ -428,6 +465,98 @@ fn reopen(args: &Args, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// One thread's share of a server-phase step: `ops` SETs (a get, then a
+/// one-put batch written unsynced) or `ops` GETs, on random keys.
+fn server_worker(engine: &Engine, args: &Args, sets: bool, seed: u64) -> Result<u64> {
+    // SplitMix64: cheap enough not to show up in a profile of the engine.
+    let mut state = seed;
+    let mut next_index = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut batch = WriteBatch::new();
+    let mut buf = Vec::new();
+    let mut found = 0;
+    for _ in 0..args.server_ops {
+        let i = next_index() % args.server_keys;
+        let key = server_key(i);
+        let old = engine.get(&key)?;
+        if let Some(old) = &old {
+            if old[..8] != i.to_le_bytes() {
+                bail!("wrong value for key {i}");
+            }
+            found += 1;
+        }
+        if sets {
+            value(i, args.server_value_bytes, &mut buf);
+            batch.clear();
+            batch.put(&key, &buf);
+            engine.write_unsynced(&batch)?;
+        }
+    }
+    Ok(found)
+}
+
+fn server(args: &Args, report: &mut Report) -> Result<()> {
+    let dir = fresh_dir(args, "server")?;
+    let engine = Engine::open(&dir, options(args, FsyncPolicy::Everysec))?;
+    let threads = args.server_threads.max(1);
+    for (step, sets) in [("SET", true), ("GET", false)] {
+        let before = engine.stats();
+        let started = Instant::now();
+        let cpu_before = process_cpu_seconds();
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let engine = engine.clone();
+                let args = args.clone();
+                std::thread::spawn(move || server_worker(&engine, &args, sets, t * 7 + 1))
+            })
+            .collect();
+        let mut found = 0;
+        for handle in handles {
+            found += handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("server worker panicked"))??;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = process_cpu_seconds() - cpu_before;
+        let after = engine.stats();
+        let total = args.server_ops * threads;
+        report.row(
+            "server",
+            &format!("{step}/s, {threads} threads"),
+            format!("{:.0}", total as f64 / elapsed),
+            format!(
+                "{:.2} us CPU per {step}; {found}/{total} gets found; {} runs, {} tables; cache hits {}, misses {}",
+                1e6 * cpu / total as f64,
+                after.runs,
+                after.tables,
+                after.cache_hits - before.cache_hits,
+                after.cache_misses - before.cache_misses
+            ),
+        );
+    }
+    engine.close()?;
+    drop(engine);
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// User plus system CPU time of this process so far, in seconds.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF is valid and `usage` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if let Some(dir) = args.child_fill.clone() {
@@ -495,6 +624,9 @@ fn main() -> Result<()> {
     }
     if phases.contains(&"reopen") {
         reopen(&args, &mut report)?;
+    }
+    if phases.contains(&"server") {
+        server(&args, &mut report)?;
     }
     report.row(
         "all",

@@ -18,7 +18,7 @@
 //!                                                                          ▼
 //!                                            compaction thread (compaction.rs) merges runs
 //!
-//!  get(key):  memtables newest first ──► per run, newest first: the one table whose
+//!  get(key):  memtables newest first (each behind a bloom filter) ──► per run, newest first: the one table whose
 //!             key range covers key ──► bloom filter ──► block index ──► one data block
 //! ```
 //!
