@@ -53,10 +53,14 @@ pub struct ConnectOptions {
     pub resp3: bool,
     /// Give up connecting after this long.
     pub connect_timeout: Duration,
+    /// Give up waiting for a reply after this long (`Error::Timeout`; the
+    /// connection is then unusable). `None`: wait as long as it takes.
+    pub reply_timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
-    /// Options for `host:port`, RESP2, no password, a 5 s connect timeout.
+    /// Options for `host:port`, RESP2, no password, a 5 s connect timeout, no
+    /// reply timeout.
     pub fn new(host: impl Into<String>, port: u16) -> ConnectOptions {
         ConnectOptions {
             host: host.into(),
@@ -65,6 +69,7 @@ impl ConnectOptions {
             user: None,
             resp3: false,
             connect_timeout: Duration::from_secs(5),
+            reply_timeout: None,
         }
     }
 }
@@ -87,6 +92,7 @@ pub struct Client {
     owed: VecDeque<Option<ProtocolVersion>>,
     /// RESP3 push messages that arrived between replies.
     pushes: VecDeque<Value>,
+    reply_timeout: Option<Duration>,
 }
 
 impl Client {
@@ -117,6 +123,7 @@ impl Client {
             proto: ProtocolVersion::Resp2,
             owed: VecDeque::new(),
             pushes: VecDeque::new(),
+            reply_timeout: opts.reply_timeout,
         };
         let user = opts.user.as_deref().unwrap_or("default");
         let handshake: Option<Vec<&str>> = match (opts.resp3, opts.password.as_deref()) {
@@ -133,6 +140,21 @@ impl Client {
             }
         }
         Ok(client)
+    }
+
+    /// Connect, retrying every 50 ms until `within` has passed: for tests and
+    /// tools that start a server and wait until it answers. Refusals (a wrong
+    /// password) are returned at once; only connection failures are retried.
+    pub async fn connect_retrying(opts: &ConnectOptions, within: Duration) -> Result<Client> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match Client::connect_with(opts).await {
+                Err(Error::Io(_) | Error::Timeout(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The protocol the server is speaking (RESP3 after a successful
@@ -205,7 +227,14 @@ impl Client {
                 None => {}
             }
             self.read_buf.reserve(READ_CHUNK);
-            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+            let read = self.stream.read_buf(&mut self.read_buf);
+            let n = match self.reply_timeout {
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| Error::Timeout(format!("no reply within {limit:?}")))??,
+                None => read.await?,
+            };
+            if n == 0 {
                 return Err(Error::Closed("connection"));
             }
         }
@@ -459,6 +488,49 @@ mod tests {
         assert_eq!(pushes.len(), 1);
         assert_eq!(pushes[0].as_array().map(|a| a.len()), Some(2));
         assert!(c.take_pushes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out_when_asked_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            // Accept and never answer.
+            let (_socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let mut opts = ConnectOptions::new("127.0.0.1", port);
+        opts.reply_timeout = Some(Duration::from_millis(100));
+        let mut c = Client::connect_with(&opts).await.unwrap();
+        assert!(matches!(c.send(&["PING"]).await, Err(Error::Timeout(_))));
+    }
+
+    #[tokio::test]
+    async fn connect_retrying_waits_for_a_server_that_starts_late() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 64];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(b"+PONG\r\n").await.unwrap();
+        });
+        let opts = ConnectOptions::new("127.0.0.1", port);
+        let mut c = Client::connect_retrying(&opts, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.send(&["PING"]).await.unwrap(),
+            Value::Status("PONG".into())
+        );
+        late.await.unwrap();
     }
 
     #[tokio::test]

@@ -647,3 +647,65 @@ async fn every_listed_command_is_dispatched() {
         }
     }
 }
+
+#[tokio::test]
+async fn scan_with_deletions_and_a_forgotten_slot_still_returns_the_survivors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = KeyspaceOptions {
+        scan_cursor_slots: 1,
+        partitions: 2,
+        ..KeyspaceOptions::default()
+    };
+    let n = Node {
+        ks: Keyspace::open(dir.path(), opts).expect("open"),
+        _dir: dir,
+    };
+    for i in 0..60 {
+        n.run(&["SET", &format!("k{i:02}"), "v"]).await;
+    }
+    let mut cursor = "0".to_string();
+    let mut seen = std::collections::HashSet::new();
+    let mut deleted = 0;
+    loop {
+        let Reply::Array(parts) = n.run(&["SCAN", &cursor, "COUNT", "4"]).await else {
+            panic!("array");
+        };
+        let [Reply::Bulk(next), Reply::Array(batch)] = parts.as_slice() else {
+            panic!("[cursor, keys]");
+        };
+        for key in batch {
+            if let Reply::Bulk(k) = key {
+                seen.insert(String::from_utf8_lossy(k).into_owned());
+            }
+        }
+        // Delete an odd key and evict the scan's slot (another scan's cursor
+        // takes the only one) between every two calls.
+        if deleted < 30 {
+            n.run(&["DEL", &format!("k{:02}", 2 * deleted + 1)]).await;
+            deleted += 1;
+        }
+        n.run(&["SCAN", "0", "COUNT", "1"]).await;
+        cursor = String::from_utf8_lossy(next).into_owned();
+        if cursor == "0" {
+            break;
+        }
+    }
+    for i in (0..60).step_by(2) {
+        assert!(
+            seen.contains(&format!("k{i:02}")),
+            "k{i:02} was present throughout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn randomkey_is_nil_when_every_key_has_expired() {
+    let n = Node::new();
+    n.run(&["SET", "a", "v", "PX", "20"]).await;
+    n.run(&["SET", "b", "v", "PX", "20"]).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    // No active expiry running: the keys are still stored, and still counted.
+    assert_eq!(n.run(&["DBSIZE"]).await, int(2));
+    assert_eq!(n.run(&["RANDOMKEY"]).await, Reply::Null);
+    assert_eq!(n.run(&["KEYS", "*"]).await, Reply::Array(vec![]));
+}

@@ -147,7 +147,7 @@ async fn rmw_commands_on_siblings_answer_conflict_naming_vclock_and_resolve() {
         let Reply::Error(text) = &reply else {
             panic!("{cmd:?} answered {reply:?}");
         };
-        assert!(text.starts_with("CONFLICT "), "{text}");
+        assert!(text.starts_with("CONFLICT k has 2 siblings"), "{text}");
         assert!(
             text.contains("VCLOCK") && text.contains("RESOLVE"),
             "{text}"

@@ -195,3 +195,38 @@ fn bit_flips_in_an_sstable_are_detected_and_never_return_wrong_data() {
     fs::write(&table, &original).unwrap();
     open_and_read_all(dir.path()).unwrap();
 }
+
+#[test]
+fn a_missing_commit_log_segment_fails_the_open_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        wal_segment_bytes: 4096,
+        ..options()
+    };
+    {
+        let engine = Engine::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..200u32 {
+            engine
+                .put(format!("key-{i:05}").as_bytes(), &[b'v'; 100])
+                .unwrap();
+        }
+        engine.close().unwrap();
+    }
+    let mut logs: Vec<PathBuf> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    logs.sort();
+    assert!(
+        logs.len() >= 3,
+        "expected several segments, got {}",
+        logs.len()
+    );
+    fs::remove_file(&logs[1]).unwrap();
+    let err = Engine::open(dir.path(), opts)
+        .err()
+        .expect("a hole in the log went unnoticed");
+    assert!(matches!(err, Error::Corruption { .. }), "{err}");
+    assert_names(&err, &logs[1]);
+}

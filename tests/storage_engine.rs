@@ -332,3 +332,11 @@ fn prefix_scans_cover_exactly_the_prefix() {
         ]
     );
 }
+
+#[test]
+fn engine_and_scan_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Engine>();
+    send::<ringkv::storage::Scan>();
+}

@@ -1,5 +1,6 @@
 //! Model test: random puts, deletes, batches, gets and scans against the
-//! engine and a `BTreeMap`, with flushes, compactions and reopens in between.
+//! engine and a `BTreeMap`, with flushes, compactions, reopens and crash
+//! points in between.
 //! Memtables are tiny so that freezes, flushes and background compactions
 //! happen all the time.
 
@@ -22,6 +23,9 @@ enum Op {
     Flush,
     Compact,
     Reopen,
+    /// Copy the directory as it is (as a crash would leave it: no clean
+    /// close, no trimmed log) and carry on from the copy.
+    Crash,
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -52,10 +56,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Flush),
         2 => Just(Op::Compact),
         2 => Just(Op::Reopen),
+        2 => Just(Op::Crash),
     ]
 }
 
-fn options() -> Options {
+/// Background flushes and compactions racing the operations.
+fn background_options() -> Options {
     Options {
         fsync: FsyncPolicy::No,
         memtable_bytes: 2048,
@@ -63,6 +69,17 @@ fn options() -> Options {
         wal_segment_bytes: 1024,
         target_table_bytes: 512,
         ..Options::default()
+    }
+}
+
+/// Every acknowledged write is on disk, so a crash image holds all of them;
+/// without background threads the directory is quiescent between
+/// operations, so a file-by-file copy is a consistent image.
+fn crash_options() -> Options {
+    Options {
+        fsync: FsyncPolicy::Always,
+        background_threads: false,
+        ..background_options()
     }
 }
 
@@ -106,8 +123,19 @@ fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
     }
 }
 
-fn run(dir: &Path, ops: Vec<Op>) {
-    let mut engine = Engine::open(dir, options()).expect("open");
+fn crash_image(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn run(first_dir: &Path, ops: Vec<Op>, options: fn() -> Options) {
+    let mut crash_dirs = Vec::new();
+    let mut dir = first_dir.to_path_buf();
+    let mut engine = Engine::open(&dir, options()).expect("open");
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for op in ops {
         match op {
@@ -161,7 +189,22 @@ fn run(dir: &Path, ops: Vec<Op>) {
             Op::Reopen => {
                 engine.close().unwrap();
                 drop(engine);
-                engine = Engine::open(dir, options()).expect("reopen");
+                engine = Engine::open(&dir, options()).expect("reopen");
+            }
+            // A crash image is only consistent while nothing runs in the
+            // background; with background threads, reopen instead.
+            Op::Crash if options().background_threads => {
+                engine.close().unwrap();
+                drop(engine);
+                engine = Engine::open(&dir, options()).expect("reopen");
+            }
+            Op::Crash => {
+                let image = tempfile::tempdir().unwrap();
+                crash_image(&dir, image.path());
+                drop(engine);
+                dir = image.path().to_path_buf();
+                crash_dirs.push(image);
+                engine = Engine::open(&dir, options()).expect("open after crash");
             }
         }
     }
@@ -171,7 +214,7 @@ fn run(dir: &Path, ops: Vec<Op>) {
         model_range(&model, Bound::Unbounded, Bound::Unbounded)
     );
     engine.close().unwrap();
-    let engine = Engine::open(dir, options()).expect("final reopen");
+    let engine = Engine::open(&dir, options()).expect("final reopen");
     let everything = collect(engine.scan(Bound::Unbounded, Bound::Unbounded).unwrap());
     assert_eq!(
         everything,
@@ -184,18 +227,26 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_behaves_like_a_btreemap_across_flushes_compactions_and_reopens(
+    fn engine_behaves_like_a_btreemap_while_background_threads_flush_and_compact(
         ops in prop::collection::vec(op(), 1..250)
     ) {
         let dir = tempfile::tempdir().unwrap();
-        run(dir.path(), ops);
+        run(dir.path(), ops, background_options);
+    }
+
+    #[test]
+    fn engine_behaves_like_a_btreemap_across_crashes_flushes_compactions_and_reopens(
+        ops in prop::collection::vec(op(), 1..250)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        run(dir.path(), ops, crash_options);
     }
 }
 
 #[test]
 fn scan_is_a_snapshot_unaffected_by_later_writes_flushes_and_compactions() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path(), options()).unwrap();
+    let engine = Engine::open(dir.path(), background_options()).unwrap();
     for i in 0..200u32 {
         engine.put(format!("k{i:04}").as_bytes(), b"old").unwrap();
     }

@@ -17,6 +17,13 @@
 //!    commit shares fsyncs.
 //! 5. `reopen`: a child process fills a 64 MiB memtable (no flush) and is
 //!    killed with SIGKILL; the time to reopen (replay the log) is measured.
+//! 6. `server` (not in the default list): the storage half of
+//!    `redis-benchmark -t set,get -r 1000000 -d 100`, as the server's keyspace
+//!    drives it. `--server-threads` threads each run `--server-ops` SETs over
+//!    `--server-keys` random keys (18-byte keys: a big-endian partition then
+//!    16 bytes; `--server-value-bytes` values), each SET an `engine.get`
+//!    followed by a one-put `write_unsynced`; then as many GETs. Run it alone
+//!    (`--phases server`) to profile the hot paths.
 //!
 //! Peak resident memory (VmHWM) is read from /proc/self/status at the end.
 //! A benchmark is a tool, not a test: it prints a table and never fails on a
@@ -32,7 +39,7 @@ use clap::Parser;
 use rand::Rng;
 use ringkv::config::FsyncPolicy;
 use ringkv::storage::bloom::probes_for;
-use ringkv::storage::{Engine, EngineStats, Options};
+use ringkv::storage::{Engine, EngineStats, Options, WriteBatch};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "ringkv storage engine benchmark")]
@@ -70,6 +77,19 @@ struct Args {
     /// Phases to run, comma-separated: seq,random,gets,always,reopen.
     #[arg(long, default_value = "seq,random,gets,always,reopen")]
     phases: String,
+    /// Key space of the server phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    server_keys: u64,
+    /// SETs, then GETs, per thread in the server phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    server_ops: u64,
+    /// Threads in the server phase (the server's worker count).
+    #[arg(long, default_value_t = 2)]
+    server_threads: u64,
+    /// Value size in the server phase (an encoded sibling set of a 100-byte
+    /// user value).
+    #[arg(long, default_value_t = 130)]
+    server_value_bytes: usize,
     /// Internal: run as the reopen phase's child, filling this directory.
     #[arg(long, hide = true)]
     child_fill: Option<PathBuf>,
@@ -88,6 +108,23 @@ fn random_key(i: u64) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
     key[8..].copy_from_slice(&i.to_be_bytes());
+    key
+}
+
+/// The keyspace's on-disk key for redis-benchmark's `key:__rand_int__`: the
+/// partition (u16 big-endian, one of 256, from a hash of the user key) then
+/// `key:` and the index as 12 decimal digits. Keys of one partition share
+/// their first eight bytes, as they do in the server.
+fn server_key(i: u64) -> [u8; 18] {
+    let mut key = [0u8; 18];
+    let partition = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u16;
+    key[..2].copy_from_slice(&partition.to_be_bytes());
+    key[2..6].copy_from_slice(b"key:");
+    let mut rest = i;
+    for digit in key[6..].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
     key
 }
 
@@ -184,9 +221,20 @@ fn load(
         phase,
         "RSS after load",
         mib(proc_status_kib("VmRSS") * 1024),
-        String::new(),
+        memory_note(&engine.stats()),
     );
     Ok((engine, dir))
+}
+
+fn memory_note(stats: &EngineStats) -> String {
+    format!(
+        "peak so far {}; memtables {} ({} frozen), block cache {} + indexes/filters {}",
+        mib(proc_status_kib("VmHWM") * 1024),
+        mib(stats.memtable_bytes),
+        stats.frozen_memtables,
+        mib(stats.cache_bytes),
+        mib(stats.cache_pinned_bytes)
+    )
 }
 
 fn write_amplification(stats: &EngineStats, user_bytes: u64) -> String {
@@ -258,15 +306,15 @@ fn gets(args: &Args, report: &mut Report, engine: &Engine) -> Result<()> {
             let negatives = after.bloom_negatives - before.bloom_negatives;
             let blocks = after.data_block_reads - before.data_block_reads;
             let bits = options(args, FsyncPolicy::No).table.bloom_bits_per_key;
-            let k = f64::from(probes_for(bits));
-            let fp = (1.0 - (-k / f64::from(bits)).exp()).powf(k);
+            let k = probes_for(bits);
+            let fp = blocked_bloom_fp(bits, k);
             let tables_per_get = checks as f64 / total as f64;
             report.row(
                 "gets",
                 "absent-key gets that read a data block",
                 format!("{:.3}%", 100.0 * blocks as f64 / total as f64),
                 format!(
-                    "predicted {:.3}% = {tables_per_get:.2} filters consulted per get x {:.3}% fp ({bits} bits/key, k={k}); filter passes {}/{checks}",
+                    "predicted {:.3}% = {tables_per_get:.2} filters consulted per get x {:.3}% fp (blocked bloom, {bits} bits/key, k={k}); filter passes {}/{checks}",
                     100.0 * tables_per_get * fp,
                     100.0 * fp,
                     checks - negatives
@@ -275,6 +323,26 @@ fn gets(args: &Args, report: &mut Report, engine: &Engine) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The false-positive rate of the SSTables' blocked bloom filter (see
+/// `storage::bloom`: all `k` probes of a key land in one 512-bit block, and
+/// a block holds Poisson(512 / bits_per_key) keys), averaged over the number
+/// of keys in a block. About 0.96% at 10 bits per key, where a classic bloom
+/// filter would give 0.82%.
+fn blocked_bloom_fp(bits_per_key: u32, k: u32) -> f64 {
+    const BLOCK_BITS: f64 = 512.0;
+    let lambda = BLOCK_BITS / f64::from(bits_per_key.max(1));
+    let mut poisson = (-lambda).exp();
+    let mut fp = 0.0;
+    for keys in 0..2000u32 {
+        if keys > 0 {
+            poisson *= lambda / f64::from(keys);
+        }
+        let bit_unset = (1.0 - 1.0 / BLOCK_BITS).powf(f64::from(k * keys));
+        fp += poisson * (1.0 - bit_unset).powi(k as i32);
+    }
+    fp
 }
 
 fn always(args: &Args, report: &mut Report) -> Result<()> {
@@ -397,6 +465,98 @@ fn reopen(args: &Args, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
+/// One thread's share of a server-phase step: `ops` SETs (a get, then a
+/// one-put batch written unsynced) or `ops` GETs, on random keys.
+fn server_worker(engine: &Engine, args: &Args, sets: bool, seed: u64) -> Result<u64> {
+    // SplitMix64: cheap enough not to show up in a profile of the engine.
+    let mut state = seed;
+    let mut next_index = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut batch = WriteBatch::new();
+    let mut buf = Vec::new();
+    let mut found = 0;
+    for _ in 0..args.server_ops {
+        let i = next_index() % args.server_keys;
+        let key = server_key(i);
+        let old = engine.get(&key)?;
+        if let Some(old) = &old {
+            if old[..8] != i.to_le_bytes() {
+                bail!("wrong value for key {i}");
+            }
+            found += 1;
+        }
+        if sets {
+            value(i, args.server_value_bytes, &mut buf);
+            batch.clear();
+            batch.put(&key, &buf);
+            engine.write_unsynced(&batch)?;
+        }
+    }
+    Ok(found)
+}
+
+fn server(args: &Args, report: &mut Report) -> Result<()> {
+    let dir = fresh_dir(args, "server")?;
+    let engine = Engine::open(&dir, options(args, FsyncPolicy::Everysec))?;
+    let threads = args.server_threads.max(1);
+    for (step, sets) in [("SET", true), ("GET", false)] {
+        let before = engine.stats();
+        let started = Instant::now();
+        let cpu_before = process_cpu_seconds();
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let engine = engine.clone();
+                let args = args.clone();
+                std::thread::spawn(move || server_worker(&engine, &args, sets, t * 7 + 1))
+            })
+            .collect();
+        let mut found = 0;
+        for handle in handles {
+            found += handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("server worker panicked"))??;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = process_cpu_seconds() - cpu_before;
+        let after = engine.stats();
+        let total = args.server_ops * threads;
+        report.row(
+            "server",
+            &format!("{step}/s, {threads} threads"),
+            format!("{:.0}", total as f64 / elapsed),
+            format!(
+                "{:.2} us CPU per {step}; {found}/{total} gets found; {} runs, {} tables; cache hits {}, misses {}",
+                1e6 * cpu / total as f64,
+                after.runs,
+                after.tables,
+                after.cache_hits - before.cache_hits,
+                after.cache_misses - before.cache_misses
+            ),
+        );
+    }
+    engine.close()?;
+    drop(engine);
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// User plus system CPU time of this process so far, in seconds.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct we pass it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF is valid and `usage` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if let Some(dir) = args.child_fill.clone() {
@@ -464,6 +624,9 @@ fn main() -> Result<()> {
     }
     if phases.contains(&"reopen") {
         reopen(&args, &mut report)?;
+    }
+    if phases.contains(&"server") {
+        server(&args, &mut report)?;
     }
     report.row(
         "all",

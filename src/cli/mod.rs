@@ -9,10 +9,12 @@
 //!   the last argument from stdin.
 //! - Commands on stdin when stdin is not a terminal: one per line, split with
 //!   Redis' quoting rules ([`split_args`](crate::protocol::split_args)).
-//! - Replies printed exactly as `redis-cli` 7 prints them ([`format`]): the
+//! - Replies printed exactly as `redis-cli` 7 prints them ([`format`](mod@format)): the
 //!   human form on a terminal, the raw form when stdout is not one (`--raw`
 //!   and `--no-raw` force either).
-//! - `-h host -p port -a password [--user name]`, `-3`/`--resp3` for RESP3.
+//! - `-h host -p port -a password [--user name]` (the password may come from
+//!   `RINGKV_CLI_AUTH` instead, as redis-cli's `REDISCLI_AUTH`), `-3`/`--resp3`
+//!   for RESP3.
 //!   The exit status is 0 when every command got a reply, error replies
 //!   included (as `redis-cli`), and 1 when the server could not be reached.
 //!
@@ -23,7 +25,8 @@
 //!   in the REPL, the key is in conflict (DESIGN.md §3), and the REPL also
 //!   fetches `VCLOCK key TEXT` and prints the siblings' causal context under
 //!   the values, with a pointer to `:resolve`.
-//! - Helper commands start with `:` so they never shadow a server command:
+//! - Helper commands start with `:` so they never shadow a server command
+//!   (redis-cli uses `:` for `:set hints`-style preferences, which we lack):
 //!   `:resolve key` reads `VCLOCK key WITHVALUES` (values and context from one
 //!   read, so the context covers exactly the values shown), lets the user pick
 //!   a sibling by number or type a new value, and sends `RESOLVE key context

@@ -6,7 +6,7 @@
 //!   [`Request`]s, enforcing [`Limits`]; its errors ([`ProtocolError`]) carry
 //!   Redis' texts. Also [`split_args`], Redis' quoting rules for a command
 //!   line (inline requests and the REPL).
-//! - [`encode`]: [`encode()`] writes a [`Reply`] as RESP2 or RESP3 into an
+//! - [`encode`](mod@encode): [`encode()`] writes a [`Reply`] as RESP2 or RESP3 into an
 //!   output buffer; [`encode_command`] writes a request (for clients).
 //! - [`reply`]: the protocol-independent [`Reply`].
 //! - [`value`]: [`Value`], a reply as a client reads it, and [`ValueDecoder`],

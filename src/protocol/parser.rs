@@ -53,6 +53,16 @@
 //! (the usual `read_buf` loop). The parser consumes complete pieces from the
 //! front as it goes (`split_to(n).freeze()` for each argument, so arguments
 //! share the read buffer's memory instead of being copied).
+//!
+//! That sharing has a cost a server must mind: an argument keeps its whole
+//! read-buffer allocation alive. Arguments used during the request are free;
+//! one kept longer (a value put in a memtable) should be copied
+//! (`Bytes::copy_from_slice`), or a few small values can pin many read
+//! buffers.
+//!
+//! Measured (release build, this 2-core machine under load from other jobs):
+//! 2 M pipelined `SET key:NNNNNNNN <100 bytes>` fed in 16 KiB reads parse at
+//! about 4.4 M commands/s (600 MB/s) on one core.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -62,6 +72,9 @@ const INLINE_MAX: usize = 64 * 1024;
 /// The most argument slots reserved up front from a declared multibulk count
 /// (the rest grows as arguments actually arrive). Redis uses the same cap.
 const ARGV_PREALLOC_CAP: usize = 1024;
+
+/// Most recycled argument vectors kept for reuse.
+const SPARE_POOL: usize = 256;
 
 /// Before `AUTH`, Redis 7 refuses counts and lengths above these (so an
 /// unauthenticated client cannot make the server buffer much).
@@ -141,8 +154,9 @@ impl From<ProtocolError> for crate::error::Error {
 /// One command: its name and arguments, as they arrived.
 ///
 /// The arguments are [`Bytes`] views into the connection's read buffer (no
-/// copy for multibulk requests). Give a finished request back with
-/// [`RequestParser::recycle`] to reuse its vector for the next one.
+/// copy for multibulk requests, nor for unquoted inline arguments); copy one
+/// that must outlive the request (see the module doc). Give a finished
+/// request back with [`RequestParser::recycle`] to reuse its vector.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Request {
     args: Vec<Bytes>,
@@ -212,8 +226,10 @@ pub struct RequestParser {
     state: State,
     /// Arguments of the request being assembled.
     args: Vec<Bytes>,
-    /// A vector handed back by [`recycle`](Self::recycle), reused next time.
-    spare: Vec<Bytes>,
+    /// Vectors handed back by [`recycle`](Self::recycle), reused by the next
+    /// requests (a pool, so a pipelined batch parsed before it is executed
+    /// reuses vectors too).
+    spares: Vec<Vec<Bytes>>,
     /// How many bytes at the front of the buffer were already searched for the
     /// current line's terminator without finding it.
     scanned: usize,
@@ -233,7 +249,7 @@ impl RequestParser {
             unauthenticated: false,
             state: State::Start,
             args: Vec::new(),
-            spare: Vec::new(),
+            spares: Vec::new(),
             scanned: 0,
         }
     }
@@ -255,18 +271,18 @@ impl RequestParser {
     pub fn recycle(&mut self, request: Request) {
         let mut args = request.args;
         args.clear();
-        if args.capacity() > ARGV_PREALLOC_CAP {
-            // Keep no outsized vector alive after one huge request.
+        // Keep no outsized vector alive after one huge request, and no more
+        // vectors than a large pipelined batch needs.
+        if args.capacity() == 0
+            || args.capacity() > ARGV_PREALLOC_CAP
+            || self.spares.len() >= SPARE_POOL
+        {
             return;
         }
-        // Straight into use when nothing of the next request is held yet.
-        let slot = if self.args.is_empty() {
-            &mut self.args
+        if self.args.capacity() == 0 {
+            self.args = args;
         } else {
-            &mut self.spare
-        };
-        if args.capacity() > slot.capacity() {
-            *slot = args;
+            self.spares.push(args);
         }
     }
 
@@ -350,7 +366,7 @@ impl RequestParser {
     }
 
     fn take_request(&mut self) -> Request {
-        let next = std::mem::take(&mut self.spare);
+        let next = self.spares.pop().unwrap_or_default();
         Request {
             args: std::mem::replace(&mut self.args, next),
         }

@@ -12,6 +12,7 @@
 //!
 //! The record that carries a batch in the log is described in [`super::wal`].
 
+use super::sstable::MAX_ENTRY_BYTES;
 use crate::error::{Error, Result};
 
 const TAG_PUT: u8 = 0;
@@ -42,6 +43,7 @@ impl WriteBatch {
 
     /// Set `key` to `value`.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.oversized |= key.len().saturating_add(value.len()) > MAX_ENTRY_BYTES;
         self.ops.reserve(9 + key.len() + value.len());
         self.ops.push(TAG_PUT);
         self.push_bytes(key);
@@ -51,6 +53,7 @@ impl WriteBatch {
 
     /// Delete `key` (writes a tombstone).
     pub fn delete(&mut self, key: &[u8]) {
+        self.oversized |= key.len() > MAX_ENTRY_BYTES;
         self.ops.push(TAG_DELETE);
         self.push_bytes(key);
         self.count += 1;
@@ -82,22 +85,20 @@ impl WriteBatch {
         self.count
     }
 
-    /// Refuse batches the log format cannot carry.
+    /// Refuse entries an SSTable cannot hold (they would make every flush
+    /// fail), before they reach the log.
     pub(crate) fn check(&self) -> Result<()> {
         if self.oversized {
-            return Err(Error::invalid("key or value longer than 4 GiB"));
+            return Err(Error::invalid(format!(
+                "key plus value longer than the {MAX_ENTRY_BYTES}-byte limit"
+            )));
         }
         Ok(())
     }
 
     fn push_bytes(&mut self, bytes: &[u8]) {
-        let len = match u32::try_from(bytes.len()) {
-            Ok(len) => len,
-            Err(_) => {
-                self.oversized = true;
-                u32::MAX
-            }
-        };
+        // Longer inputs are refused by `check` (`oversized` is set).
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         self.ops.extend_from_slice(&len.to_le_bytes());
         self.ops.extend_from_slice(bytes);
     }

@@ -52,6 +52,7 @@
 
 use crate::error::{Error, Result};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The only scheme this build writes and reads.
 const SCHEME_XXH64_BLOCKED_512: u8 = 1;
@@ -267,6 +268,70 @@ impl BloomFilter {
     }
 }
 
+/// An in-memory blocked bloom filter that one writer fills while readers
+/// probe it: the memtable's, so a `get` for a key the memtable does not hold
+/// costs one cache line instead of a skiplist search (about twenty dependent
+/// cache misses at 64 MiB). Same hash and probing as the persisted filter;
+/// never written to disk, so it has no format.
+///
+/// Bits are set with relaxed atomics *before* the entry they cover is
+/// inserted. A reader that may see the entry (its sequence number is at most
+/// the reader's snapshot, published with release ordering after the insert)
+/// therefore also sees its bits.
+pub(crate) struct AtomicBloom {
+    lines: Box<[[AtomicU64; 8]]>,
+    k: u32,
+}
+
+impl AtomicBloom {
+    /// A filter for up to `keys` keys at `bits_per_key`; more keys only raise
+    /// the false-positive rate.
+    pub(crate) fn new(keys: usize, bits_per_key: u32) -> Self {
+        let bits_per_key = bits_per_key.max(1);
+        let num_blocks = (keys as u64)
+            .saturating_mul(u64::from(bits_per_key))
+            .div_ceil(LINE_BITS)
+            .clamp(1, u64::from(u32::MAX));
+        AtomicBloom {
+            lines: (0..num_blocks)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
+            k: probes_for(bits_per_key),
+        }
+    }
+
+    /// Set `hash`'s bits. Callers must serialise inserts (the memtable calls
+    /// this under its arena lock): each word is updated with a plain load and
+    /// store, not a locked read-modify-write (about 20 ns each, seven per
+    /// key, on the write path under the engine's write lock), so two
+    /// concurrent inserts could lose each other's bits.
+    pub(crate) fn insert_hash_serialized(&self, hash: u64) {
+        let line = &self.lines[block_of(hash, self.lines.len() as u64)];
+        let mut masks = [0u64; 8];
+        for bit in probes(hash, self.k) {
+            masks[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        for (word, mask) in line.iter().zip(masks) {
+            if mask != 0 {
+                word.store(word.load(Ordering::Relaxed) | mask, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// False means the key was certainly never inserted.
+    #[inline]
+    pub(crate) fn may_contain_hash(&self, hash: u64) -> bool {
+        let line = &self.lines[block_of(hash, self.lines.len() as u64)];
+        probes(hash, self.k)
+            .all(|bit| line[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0)
+    }
+
+    /// Resident bytes of the bit array.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        std::mem::size_of_val::<[[AtomicU64; 8]]>(&self.lines)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +407,18 @@ mod tests {
                 Err(Error::Corruption { offset: 9, .. })
             ));
         }
+    }
+
+    #[test]
+    fn atomic_filter_reports_every_inserted_key_and_rejects_most_others() {
+        let filter = AtomicBloom::new(10_000, 10);
+        for i in 0..10_000u64 {
+            filter.insert_hash_serialized(key_hash(&i.to_be_bytes()));
+        }
+        assert!((0..10_000u64).all(|i| filter.may_contain_hash(key_hash(&i.to_be_bytes()))));
+        let false_positives = (10_000..110_000u64)
+            .filter(|i| filter.may_contain_hash(key_hash(&i.to_be_bytes())))
+            .count();
+        assert!(false_positives < 2_000, "{false_positives} of 100000");
     }
 }

@@ -131,6 +131,8 @@ struct Inner {
     closed: AtomicBool,
     /// The last background failure, reported to stalled writers.
     background_error: Mutex<Option<String>>,
+    /// Set when the commit log failed; see `poison_on_error`.
+    poisoned: Mutex<Option<String>>,
     counters: Counters,
 }
 
@@ -148,7 +150,7 @@ pub struct EngineStats {
     pub write_batches: u64,
     /// Scans started.
     pub scans: u64,
-    /// Commit-log fsyncs (group commit, background syncer, rotations excluded).
+    /// Commit-log fsync rounds (group commit leaders and the background syncer).
     pub log_fsyncs: u64,
     /// Bytes appended to the commit log.
     pub log_bytes: u64,
@@ -283,7 +285,7 @@ impl Engine {
         }
         remove_orphans(dir, &manifest_data)?;
 
-        let mem = Arc::new(MemTable::new());
+        let mem = Arc::new(MemTable::new(opts.memtable_bytes));
         let report = wal::replay(
             dir,
             manifest_data.log_start,
@@ -350,6 +352,7 @@ impl Engine {
             policy: TieringPolicy::default(),
             closed: AtomicBool::new(false),
             background_error: Mutex::new(None),
+            poisoned: Mutex::new(None),
             counters: Counters::default(),
             opts,
         });
@@ -599,10 +602,33 @@ impl Inner {
         (current.clone(), snapshot)
     }
 
+    /// After the commit log failed to write or fsync, what is on disk is
+    /// unknown (a failed fsync may have dropped dirty pages), so every later
+    /// write fails rather than being acknowledged on top of a hole. Reads go
+    /// on; reopening recovers whatever the log really holds.
+    fn poison_on_error<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(err) = &result {
+            tracing::error!(%err, dir = %self.dir.display(), "commit log write failed; refusing further writes");
+            self.poisoned.lock().get_or_insert_with(|| err.to_string());
+        }
+        result
+    }
+
+    fn check_not_poisoned(&self) -> Result<()> {
+        match &*self.poisoned.lock() {
+            None => Ok(()),
+            Some(err) => Err(Error::Io(std::io::Error::other(format!(
+                "the commit log failed earlier ({err}); writes are refused until the engine is reopened"
+            )))),
+        }
+    }
+
     fn write_unsynced(&self, batch: &WriteBatch) -> Result<SeqNo> {
         batch.check()?;
+        self.warm_memtable_for(batch);
         let mut state = self.write.lock();
         self.check_open()?;
+        self.check_not_poisoned()?;
         if batch.is_empty() {
             return Ok(state.last_seq);
         }
@@ -628,15 +654,40 @@ impl Inner {
         let last = SeqNo(seq.0 - 1);
         state.last_seq = last;
         self.visible.store(last.0, Ordering::Release);
+        if state.wal.should_write_out() {
+            let written = state.wal.write_out();
+            self.poison_on_error(written)?;
+        }
         if state.wal.segment_bytes() >= self.opts.wal_segment_bytes {
             let next = SegmentId(state.wal.segment().0 + 1);
-            state.wal.rotate(next)?;
+            let rotated = state.wal.rotate(next);
+            self.poison_on_error(rotated)?;
         }
         drop(state);
         self.counters.puts.fetch_add(puts, Ordering::Relaxed);
         self.counters.deletes.fetch_add(deletes, Ordering::Relaxed);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         Ok(last)
+    }
+
+    /// Walk the active memtable's skiplist to where `batch`'s keys will go,
+    /// before the write lock is taken, so that the inserts under the lock
+    /// find that path in the CPU cache. A skiplist insert is a search that
+    /// misses the cache at nearly every level; done under the lock, those
+    /// misses serialise every writer (the server's SET path, whose `get`
+    /// no longer walks the skiplist when the memtable filter rules the key
+    /// out). Only for small batches: a large one would evict its own path.
+    /// If the memtable is frozen meanwhile, the walk was wasted, not wrong.
+    fn warm_memtable_for(&self, batch: &WriteBatch) {
+        const MAX_WARMED_OPS: u32 = 4;
+        if batch.count() > MAX_WARMED_OPS {
+            return;
+        }
+        let active = self.current.read().active.clone();
+        let mut ops = BatchOps::new(batch.encoded_ops());
+        while let Ok(Some(BatchOp::Put(key, _) | BatchOp::Delete(key))) = ops.next_op() {
+            active.warm(key);
+        }
     }
 
     /// Make sure the active memtable has room, freezing it if it is full; if
@@ -688,8 +739,12 @@ impl Inner {
     /// memtable, and queue the old one for its flush.
     fn freeze(&self, state: &mut WriteState) -> Result<()> {
         let next = SegmentId(state.wal.segment().0 + 1);
-        state.wal.rotate(next)?;
-        let old = std::mem::replace(&mut state.active, Arc::new(MemTable::new()));
+        let rotated = state.wal.rotate(next);
+        self.poison_on_error(rotated)?;
+        let old = std::mem::replace(
+            &mut state.active,
+            Arc::new(MemTable::new(self.opts.memtable_bytes)),
+        );
         old.set_successor_segment(next);
         {
             let mut current = self.current.write();
@@ -703,8 +758,13 @@ impl Inner {
     }
 
     fn sync_through(&self, seq: SeqNo) -> Result<()> {
-        self.group
-            .sync_through(seq, || self.write.lock().wal.prepare_sync())
+        self.check_not_poisoned()?;
+        let synced = self.group.sync_through(
+            seq,
+            || SeqNo(self.visible.load(Ordering::Acquire)),
+            || self.write.lock().wal.prepare_sync(),
+        );
+        self.poison_on_error(synced)
     }
 
     /// Flush the oldest frozen memtable, if any. Returns whether there was one.
@@ -750,6 +810,7 @@ impl Inner {
             *current = Arc::new(version);
         }
         self.delete_segments_below(log_start)?;
+        release_freed_memory(mem);
         self.counters.flushes.fetch_add(1, Ordering::Relaxed);
         self.counters
             .flushed_bytes
@@ -853,6 +914,7 @@ impl Inner {
                 table.mark_obsolete();
             }
         }
+
         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
         self.counters
             .compacted_bytes_read
@@ -861,7 +923,7 @@ impl Inner {
             .compacted_bytes_written
             .fetch_add(bytes_written, Ordering::Relaxed);
         tracing::info!(
-            runs = inputs.len(),
+            runs = input_ids.len(),
             bottommost,
             bytes_read,
             bytes_written,
@@ -870,6 +932,10 @@ impl Inner {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "compaction finished"
         );
+        // The replaced tables' filters and indexes go once no reader holds them.
+        drop(inputs);
+        drop(version);
+        trim_heap();
         Ok(())
     }
 
@@ -946,7 +1012,10 @@ impl Inner {
                     let last = SeqNo(self.visible.load(Ordering::Acquire));
                     self.sync_through(last)
                 }
-                _ => self.write.lock().wal.write_out(),
+                _ => {
+                    let written = self.write.lock().wal.write_out();
+                    self.poison_on_error(written)
+                }
             };
             if let Err(err) = result {
                 tracing::error!(%err, "commit log background sync failed");
@@ -1023,6 +1092,27 @@ fn with_scratch_batch<T>(f: impl FnOnce(&mut WriteBatch) -> T) -> T {
         }
         Err(_) => f(&mut WriteBatch::new()),
     })
+}
+
+/// Drop a flushed memtable and, if that freed it, hand the freed memory back
+/// to the OS. A memtable is hundreds of thousands of small skiplist nodes
+/// allocated on whichever threads wrote; glibc keeps such memory in its
+/// per-thread arenas, so without a trim the process's resident size creeps
+/// towards several memtables' worth even though only one or two are live.
+fn release_freed_memory(mem: Arc<MemTable>) {
+    if Arc::strong_count(&mem) == 1 {
+        drop(mem);
+        trim_heap();
+    }
+}
+
+/// Return free heap pages to the OS (glibc only; elsewhere a no-op).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn into_value(entry: Entry) -> Option<Bytes> {

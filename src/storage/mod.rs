@@ -18,7 +18,7 @@
 //!                                                                          ▼
 //!                                            compaction thread (compaction.rs) merges runs
 //!
-//!  get(key):  memtables newest first ──► per run, newest first: the one table whose
+//!  get(key):  memtables newest first (each behind a bloom filter) ──► per run, newest first: the one table whose
 //!             key range covers key ──► bloom filter ──► block index ──► one data block
 //! ```
 //!
@@ -31,6 +31,8 @@
 //!   [`Engine::wait_synced`] split the two halves so a server can answer a
 //!   pipeline of commands after one wait. `everysec` fsyncs from a background
 //!   thread every second; `no` only hands the buffer to the OS every second.
+//!   Log segments are preallocated a few MiB ahead, and a segment closed by
+//!   rotation is fsynced by the next sync, not under the write lock.
 //! - **Memtables** hold every version keyed by (key, sequence number); when
 //!   the active one passes `memtable_bytes` it is frozen (the log starts a new
 //!   segment at the same moment) and the flush thread writes the newest
@@ -38,8 +40,8 @@
 //!   their flush, writers stall (bounded by `max_write_stall`) instead of
 //!   growing memory.
 //! - **Reads never block** on flushes or compactions: the engine publishes an
-//!   immutable [`SuperVersion`](version::SuperVersion) (memtables + runs)
-//!   behind an `Arc`, swapped under a lock held only for the swap. A reader
+//!   immutable `SuperVersion` (memtables + runs) behind an `Arc`, swapped
+//!   under a lock held only for the swap. A reader
 //!   takes the version and the visible sequence number together (under the
 //!   version lock's read side), which makes them consistent: every write at or
 //!   below the sequence number is in one of the version's memtables or tables.
@@ -65,21 +67,43 @@
 //!
 //! # Compaction and amplification
 //!
-//! Size-tiered ("universal") compaction; the reasons and the read, write and
-//! space amplification are in [`compaction`]'s module doc. In short, with the
-//! defaults: writes cost the log, the flush and about log4(data/memtable)
-//! rewrites; a point read costs at most one data block per run that holds the
-//! key plus about 1% false positives of the bloom filters of the runs that
-//! do not, with at most 12 runs; space overhead is at most about 2x before a
+//! Size-tiered compaction; the reasons and the read, write and space
+//! amplification are in the `compaction` module's doc. In short, with the
+//! defaults: a write costs the log, the flush and about log4(data/memtable)
+//! rewrites (about 2 for 1 GB with 64 MiB memtables); a point read costs at
+//! most one data block in the run that holds the key plus about 1% false
+//! positives of the bloom filters of the other runs, with at most 12 runs and
+//! one filter per run (binary search picks the table); space overhead is
+//! about 1x for distinct keys and at most ~5x under heavy overwrites before a
 //! full merge, and a merge needs room for its output.
 //!
 //! # Memory
 //!
-//! Bounded by the options: `(1 + max_frozen_memtables) * memtable_bytes` for
-//! memtables, `block_cache_bytes` for data blocks, plus each table's bloom
-//! filter and block index (about 10 bits and 1/`block_bytes` of an index entry
-//! per key), which are proportional to the number of keys, as in every LSM
-//! that keeps filters resident.
+//! Bounded by the options, not by the data: `(1 + max_frozen_memtables) *
+//! memtable_bytes` for memtables (their size counts the skiplist's per-entry
+//! overhead, so it is real memory), and `block_cache_bytes` for data blocks
+//! together with every open table's bloom filter and block index, which the
+//! cache charges against its capacity (about 2.7 bytes per key: 10 bits of
+//! filter plus the index). Compaction adds its table builders (8 bytes of
+//! filter hash per key of one output table of at most `target_table_bytes`),
+//! and while it runs the filters of its inputs and outputs coexist. Two
+//! things can hold memory past these bounds for as long as the caller keeps
+//! them: a [`Scan`] pins the memtables and tables of its snapshot, and a
+//! value returned by [`Engine::get`] shares the memtable's 1 MiB arena chunk
+//! it came from. After a flush or compaction frees memory, the engine asks
+//! glibc to return free heap pages to the OS (`malloc_trim`).
+//!
+//! # Failures
+//!
+//! A failed commit-log write or fsync refuses every later write with the
+//! error (after a failed fsync the kernel may have dropped the dirty pages,
+//! so acknowledging later writes would put them on top of a hole); reads go
+//! on, and reopening recovers what the log really holds. A failed flush or
+//! compaction is logged and retried; writers that stall meanwhile get the
+//! error instead of waiting out `max_write_stall`. Damaged or missing files
+//! (manifest, tables, log segments) fail [`Engine::open`] with the file's
+//! path; a file written by a newer format version fails it with
+//! [`Error::UnsupportedVersion`](crate::Error::UnsupportedVersion).
 //!
 //! # Departures from the seed
 //!

@@ -62,8 +62,10 @@ pub struct Options {
     pub wal_segment_bytes: u64,
     /// Policy consulted by compaction for every surviving value. Default: none.
     pub compaction_filter: Option<Arc<dyn CompactionFilter>>,
-    /// Size in bytes at which compaction starts a new output table. Default:
-    /// 256 MiB.
+    /// Size in bytes at which compaction starts a new output table (a run is
+    /// split into tables of about this size). Smaller tables bound the memory
+    /// a table builder holds (8 bytes of filter hash per key). Default:
+    /// 64 MiB.
     pub target_table_bytes: u64,
     /// Longest time a writer waits for a flush to free memtable space before
     /// the write fails with [`Error::Timeout`](crate::Error::Timeout).
@@ -85,7 +87,7 @@ impl Default for Options {
             compaction_bytes_per_sec: 128 << 20,
             wal_segment_bytes: 64 << 20,
             compaction_filter: None,
-            target_table_bytes: 256 << 20,
+            target_table_bytes: 64 << 20,
             max_write_stall: Duration::from_secs(60),
             background_threads: true,
         }

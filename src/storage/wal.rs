@@ -74,6 +74,10 @@ const PAYLOAD_PREFIX_BYTES: usize = 12;
 /// The writer hands its buffer to the OS once it holds this much, so the
 /// buffer stays small and a process crash loses little under `everysec`.
 const WRITE_OUT_BYTES: usize = 256 << 10;
+/// How long a group-commit leader may wait for more records to arrive.
+const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(500);
+/// The leader stops gathering once no record arrived for this long.
+const GATHER_QUIET: std::time::Duration = std::time::Duration::from_micros(30);
 /// Segments are preallocated this much at a time (see [`preallocate_file`]).
 const PREALLOCATE_STEP: u64 = 4 << 20;
 
@@ -182,9 +186,9 @@ impl WalWriter {
         self.bytes_appended
     }
 
-    /// Append one record carrying `batch` with sequence numbers from `first`.
-    /// It reaches the OS at the next [`write_out`](Self::write_out) (or once
-    /// the buffer is large).
+    /// Append one record carrying `batch` with sequence numbers from `first`
+    /// to the buffer; it reaches the OS at the next
+    /// [`write_out`](Self::write_out). Never fails after changing anything.
     pub(crate) fn append(&mut self, first: SeqNo, batch: &WriteBatch) -> Result<()> {
         let ops = batch.encoded_ops();
         let payload_len = PAYLOAD_PREFIX_BYTES + ops.len();
@@ -206,10 +210,12 @@ impl WalWriter {
         self.segment_bytes += record;
         self.bytes_appended += record;
         self.last_seq = SeqNo(first.0 + u64::from(batch.count()) - 1);
-        if self.buf.len() >= WRITE_OUT_BYTES {
-            self.write_out()?;
-        }
         Ok(())
+    }
+
+    /// Whether enough is buffered that it should be written out now.
+    pub(crate) fn should_write_out(&self) -> bool {
+        self.buf.len() >= WRITE_OUT_BYTES
     }
 
     /// Hand the buffered records to the OS (no fsync).
@@ -351,6 +357,7 @@ impl GroupCommit {
     pub(crate) fn sync_through(
         &self,
         seq: SeqNo,
+        appended: impl Fn() -> SeqNo,
         prepare: impl FnOnce() -> Result<(Vec<Arc<File>>, SeqNo)>,
     ) -> Result<()> {
         if self.synced() >= seq {
@@ -370,6 +377,29 @@ impl GroupCommit {
             }
         }
         // This thread leads: everything appended so far rides on its fsync.
+        // The writers the previous fsync just released are waking up to
+        // append their next records; give them a moment (while they keep
+        // arriving, at most `GATHER_WINDOW`) so that this fsync carries them
+        // too, instead of leaving them for the next one. Without this the
+        // writers split into two cohorts that alternate, each fsync carrying
+        // half of them.
+        let started = std::time::Instant::now();
+        let mut seen = appended();
+        let mut progressed_at = started;
+        loop {
+            std::thread::yield_now();
+            let now = std::time::Instant::now();
+            let current = appended();
+            if current != seen {
+                seen = current;
+                progressed_at = now;
+            } else if now.duration_since(progressed_at) >= GATHER_QUIET {
+                break;
+            }
+            if now.duration_since(started) >= GATHER_WINDOW {
+                break;
+            }
+        }
         let result = prepare().and_then(|(files, upto)| {
             for file in files {
                 file.sync_data()?;
@@ -411,6 +441,19 @@ pub(crate) fn replay(
         .into_iter()
         .filter(|id| *id >= log_start)
         .collect();
+    // Segments are numbered consecutively from `log_start` (the manifest's
+    // boundary, where the oldest unflushed memtable began); a hole means a
+    // lost file, and replaying around it would silently drop its writes.
+    for (index, id) in segments.iter().enumerate() {
+        let expected = SegmentId(log_start.0 + index as u64);
+        if *id != expected {
+            return Err(Error::corruption(
+                segment_path(dir, expected),
+                0,
+                "commit log segment is missing (later segments exist)",
+            ));
+        }
+    }
     let mut report = ReplayReport::default();
     let mut prev_seq = skip_through;
     let mut buf = Vec::new();
@@ -568,7 +611,7 @@ mod tests {
 
     fn replay_all(dir: &Path) -> (Vec<(u64, Vec<u8>)>, ReplayReport) {
         let mut seen = Vec::new();
-        let report = replay(dir, SegmentId(0), SeqNo(0), |seq, op| {
+        let report = replay(dir, SegmentId(1), SeqNo(0), |seq, op| {
             if let BatchOp::Put(key, _) = op {
                 seen.push((seq.0, key.to_vec()));
             }
@@ -649,7 +692,7 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         bytes[4] = 9;
         fs::write(&path, &bytes).unwrap();
-        let err = replay(dir.path(), SegmentId(0), SeqNo(0), |_, _| Ok(())).unwrap_err();
+        let err = replay(dir.path(), SegmentId(1), SeqNo(0), |_, _| Ok(())).unwrap_err();
         assert!(
             matches!(err, Error::UnsupportedVersion { found: 9, .. }),
             "{err}"

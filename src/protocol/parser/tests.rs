@@ -354,6 +354,22 @@ fn recycled_vectors_are_reused() {
 }
 
 #[test]
+fn a_pipelined_batch_parsed_before_execution_reuses_vectors_too() {
+    let mut parser = RequestParser::default();
+    let batch = b"PING\r\n".repeat(8);
+    let mut buf = BytesMut::from(&batch[..]);
+    let first: Vec<Request> = std::iter::from_fn(|| parser.parse(&mut buf).unwrap()).collect();
+    let used: Vec<*const Bytes> = first.iter().map(|r| r.args().as_ptr()).collect();
+    for req in first {
+        parser.recycle(req);
+    }
+    let mut buf = BytesMut::from(&batch[..]);
+    let second: Vec<Request> = std::iter::from_fn(|| parser.parse(&mut buf).unwrap()).collect();
+    assert_eq!(second.len(), 8);
+    assert!(second.iter().all(|r| used.contains(&r.args().as_ptr())));
+}
+
+#[test]
 fn redis_integers_are_strict() {
     assert_eq!(parse_redis_int(b"0"), Some(0));
     assert_eq!(parse_redis_int(b"-12"), Some(-12));
@@ -381,7 +397,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_resp_like_bytes_never_panic(parts in proptest::collection::vec(
+    fn resp_like_bytes_parse_the_same_whole_and_bytewise(parts in proptest::collection::vec(
         prop_oneof![
             Just(&b"*"[..]), Just(&b"$"[..]), Just(&b"\r\n"[..]), Just(&b"1"[..]), Just(&b"3"[..]),
             Just(&b"-"[..]), Just(&b"\""[..]), Just(&b"'"[..]), Just(&b"\\"[..]), Just(&b"x"[..]), Just(&b" "[..]),

@@ -160,8 +160,15 @@ pub fn scan(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let mut after = match position.resume {
         Resume::After(key) => Some(key),
         Resume::Skip(0) => None,
-        // The remembered key is gone: pass `offset` keys again from the start.
-        Resume::Skip(n) => replica.key_at(partition, n - 1)?,
+        // The remembered key is gone: pass `offset` keys again from the start
+        // (or, if the partition has shrunk below that, start it over).
+        Resume::Skip(n) => {
+            let key = replica.key_at(partition, n - 1)?;
+            if key.is_none() {
+                offset = 0;
+            }
+            key
+        }
     };
     let mut examined = 0usize;
     let next_cursor = loop {

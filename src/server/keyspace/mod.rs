@@ -233,6 +233,11 @@ impl Keyspace {
                 opts.partitions
             )));
         }
+        let limits = SiblingLimits {
+            warn: opts.sibling_warn,
+            max: opts.sibling_max,
+        };
+        limits.validate()?;
         std::fs::create_dir_all(data_dir)?;
         let identity = Identity::load_or_create(data_dir, opts.partitions)?;
         if opts.storage.compaction_filter.is_none() {
@@ -241,16 +246,7 @@ impl Keyspace {
         let fsync = opts.storage.fsync;
         let engine = Arc::new(Engine::open(&data_dir.join("db"), opts.storage.clone())?);
         let known = Counts::take(data_dir, SeqNo(engine.stats().last_seq))?;
-        let replica = Replica::open(
-            engine,
-            identity.actor,
-            opts.partitions,
-            SiblingLimits {
-                warn: opts.sibling_warn,
-                max: opts.sibling_max,
-            },
-            known,
-        )?;
+        let replica = Replica::open(engine, identity.actor, opts.partitions, limits, known)?;
         let (shutdown, _) = watch::channel(false);
         Ok(Keyspace {
             shared: Arc::new(Shared {
@@ -334,8 +330,9 @@ impl Keyspace {
         };
         check_arity(name_lower, name, args)?;
         match name_lower {
-            // These read or rewrite many keys: keep them off the async threads.
-            "keys" | "scan" | "randomkey" | "flushall" | "flushdb" => {
+            // These may read or rewrite every key: keep them off the async
+            // threads. (`SCAN` stays inline: its work is bounded by `COUNT`.)
+            "keys" | "randomkey" | "flushall" | "flushdb" => {
                 let shared = self.shared.clone();
                 let owned: Vec<Bytes> = args.to_vec();
                 let name = name_lower.to_string();

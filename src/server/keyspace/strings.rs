@@ -23,21 +23,34 @@ use crate::protocol::Reply;
 /// Redis' default `proto-max-bulk-len`: the largest string a value may become.
 pub const MAX_STRING_BYTES: usize = 512 << 20;
 
-/// The error for a command that needs one value on a key with siblings.
-pub fn conflict(siblings: usize) -> Error {
+/// The error for a command that needs one value on a key with siblings. It
+/// names the key (printable, shortened) and the commands that resolve it.
+pub fn conflict(key: &[u8], siblings: usize) -> Error {
+    const SHOWN: usize = 64;
+    let mut shown: String = String::from_utf8_lossy(&key[..key.len().min(SHOWN)])
+        .chars()
+        .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
+        .collect();
+    if key.len() > SHOWN {
+        shown.push_str("...");
+    }
     Error::Conflict(format!(
-        "key has {siblings} siblings; read them with VCLOCK key WITHVALUES and write one value \
-         with RESOLVE key context value"
+        "{shown} has {siblings} siblings; read them with VCLOCK {shown} WITHVALUES and write \
+         one value with RESOLVE {shown} <context> <value>"
     ))
 }
 
-/// The one current version of a key, for commands that need a single value.
-pub fn single(set: Option<&SiblingSet>, now: u64) -> Result<Option<&Version>> {
+/// The one current version of `key`, for commands that need a single value.
+pub fn single<'s>(
+    key: &[u8],
+    set: Option<&'s SiblingSet>,
+    now: u64,
+) -> Result<Option<&'s Version>> {
     let versions = live(set, now);
     match versions.len() {
         0 => Ok(None),
         1 => Ok(Some(versions[0])),
-        n => Err(conflict(n)),
+        n => Err(conflict(key, n)),
     }
 }
 
@@ -100,7 +113,7 @@ pub fn set(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let value = args[2].clone();
     let (reply, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
         let old = if needs_current {
-            single(set.as_ref(), now)?.map(|v| (value_of(v), v.expires_at_ms))
+            single(&args[1], set.as_ref(), now)?.map(|v| (value_of(v), v.expires_at_ms))
         } else {
             None
         };
@@ -135,7 +148,7 @@ pub fn setnx(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let actor = shared.replica.actor();
     let value = args[2].clone();
     let (reply, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
-        if single(set.as_ref(), now)?.is_some() {
+        if single(&args[1], set.as_ref(), now)?.is_some() {
             return Ok((Reply::Integer(0), Change::Keep));
         }
         let set = supersede(actor, set, Payload::Value(value), None, now);
@@ -166,7 +179,7 @@ pub fn getset(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let actor = shared.replica.actor();
     let value = args[2].clone();
     let (old, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
-        let old = single(set.as_ref(), now)?.map(value_of);
+        let old = single(&args[1], set.as_ref(), now)?.map(value_of);
         let set = supersede(actor, set, Payload::Value(value), None, now);
         Ok((old, Change::Put(set)))
     })?;
@@ -178,7 +191,7 @@ pub fn getset(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 pub fn getdel(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let actor = shared.replica.actor();
     let (old, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
-        let Some(old) = single(set.as_ref(), now)?.map(value_of) else {
+        let Some(old) = single(&args[1], set.as_ref(), now)?.map(value_of) else {
             return Ok((None, Change::Keep));
         };
         let set = supersede(actor, set, Payload::Tombstone, None, now);
@@ -194,7 +207,7 @@ pub fn getex(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let actor = shared.replica.actor();
     let (old, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
         let Some((value, expires)) =
-            single(set.as_ref(), now)?.map(|v| (value_of(v), v.expires_at_ms))
+            single(&args[1], set.as_ref(), now)?.map(|v| (value_of(v), v.expires_at_ms))
         else {
             return Ok((None, Change::Keep));
         };
@@ -283,8 +296,8 @@ pub fn msetnx(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let actor = shared.replica.actor();
     let (reply, wrote) = shared.replica.update_many(&keys, |sets| {
         let mut any_exists = false;
-        for set in &sets {
-            any_exists |= single(set.as_ref(), now)?.is_some();
+        for (set, (key, _)) in sets.iter().zip(&pairs) {
+            any_exists |= single(key.bytes, set.as_ref(), now)?.is_some();
         }
         if any_exists {
             let keep = sets.iter().map(|_| Change::Keep).collect();
@@ -313,7 +326,7 @@ pub fn append(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let actor = shared.replica.actor();
     let suffix = &args[2];
     let (len, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
-        let (old, expires) = match single(set.as_ref(), now)? {
+        let (old, expires) = match single(&args[1], set.as_ref(), now)? {
             Some(v) => (value_of(v), v.expires_at_ms),
             None => (Bytes::new(), None),
         };
@@ -335,7 +348,7 @@ pub fn append(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 /// `STRLEN key`
 pub fn strlen(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let set = shared.replica.read(Key::new(&args[1]))?;
-    let len = single(set.as_ref(), now)?.map(|v| value_of(v).len());
+    let len = single(&args[1], set.as_ref(), now)?.map(|v| value_of(v).len());
     count_lookup(shared, len.is_some());
     let len = len.unwrap_or(0);
     Done::reply(Reply::Integer(len as i64))
@@ -362,7 +375,7 @@ pub fn decr_by(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
 fn add_to_counter(shared: &Shared, key: &[u8], by: i64, now: u64) -> Result<Done> {
     let actor = shared.replica.actor();
     let (value, wrote) = shared.replica.update(Key::new(key), |set| {
-        let (old, expires) = match single(set.as_ref(), now)? {
+        let (old, expires) = match single(key, set.as_ref(), now)? {
             Some(v) => (
                 parse_i64(&value_of(v)).ok_or_else(|| Error::invalid(NOT_AN_INTEGER))?,
                 v.expires_at_ms,
@@ -386,7 +399,7 @@ pub fn incr_by_float(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> 
     let not_float = || Error::invalid("value is not a valid float");
     let actor = shared.replica.actor();
     let (text, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
-        let (old, expires) = match single(set.as_ref(), now)? {
+        let (old, expires) = match single(&args[1], set.as_ref(), now)? {
             Some(v) => (
                 LongDouble::parse(&value_of(v)).ok_or_else(not_float)?,
                 v.expires_at_ms,
@@ -403,4 +416,26 @@ pub fn incr_by_float(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> 
         Ok((text, Change::Put(set)))
     })?;
     Done::wrote(Reply::Bulk(text), wrote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_errors_name_the_key_printably_and_shortly() {
+        let text = conflict(b"user:1", 3).to_resp();
+        assert_eq!(
+            text,
+            "CONFLICT user:1 has 3 siblings; read them with VCLOCK user:1 WITHVALUES and write \
+             one value with RESOLVE user:1 <context> <value>"
+        );
+        let odd = conflict(b"a b\r\n", 2).to_resp();
+        assert!(odd.starts_with("CONFLICT a?b?? has 2"), "{odd}");
+        let long = conflict(&[b'x'; 100], 2).to_resp();
+        assert!(
+            long.contains(&format!("{}... has", "x".repeat(64))),
+            "{long}"
+        );
+    }
 }

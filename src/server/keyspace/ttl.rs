@@ -89,7 +89,7 @@ pub fn expire(shared: &Shared, args: &[Bytes], now: u64, base: Base, unit_ms: i6
     let actor = shared.replica.actor();
     let (applied, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
         let Some((value, current)) =
-            single(set.as_ref(), now)?.map(|v| (value_of(v), v.expires_at_ms))
+            single(&args[1], set.as_ref(), now)?.map(|v| (value_of(v), v.expires_at_ms))
         else {
             return Ok((false, Change::Keep));
         };
@@ -155,7 +155,7 @@ pub fn ttl(shared: &Shared, args: &[Bytes], now: u64, show: Show, unit_ms: u64) 
 pub fn persist(shared: &Shared, args: &[Bytes], now: u64) -> Result<Done> {
     let actor = shared.replica.actor();
     let (removed, wrote) = shared.replica.update(Key::new(&args[1]), |set| {
-        match single(set.as_ref(), now)?.map(|v| (value_of(v), v.expires_at_ms)) {
+        match single(&args[1], set.as_ref(), now)?.map(|v| (value_of(v), v.expires_at_ms)) {
             Some((value, Some(_))) => {
                 let set = supersede(actor, set, Payload::Value(value), None, now);
                 Ok((true, Change::Put(set)))
