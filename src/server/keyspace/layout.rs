@@ -38,7 +38,7 @@
 
 use std::ops::Bound;
 
-use sha2::{Digest, Sha256};
+use crate::cluster::ring;
 
 /// The largest number of partitions the layout can address: partition ids
 /// must leave the first byte `0xFF` free for the reserved key space.
@@ -60,24 +60,22 @@ impl PartitionId {
     }
 }
 
-/// The ring's stable hash of a user key: the first 8 bytes of SHA-256(key),
-/// big-endian. Shared with the cluster's ring; never change it.
+/// The ring's stable hash of a user key (first 8 bytes of SHA-256, big-endian):
+/// the cluster's [`ring::key_hash`], so the on-disk layout and the ring can
+/// never disagree about where a key lives.
 pub fn key_hash(key: &[u8]) -> u64 {
-    let digest = Sha256::digest(key);
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_be_bytes(first)
+    ring::key_hash(key)
 }
 
 /// The partition that owns `hash` when the hash space is cut into
-/// `partitions` equal ranges (`1..=MAX_PARTITIONS`).
+/// `partitions` equal ranges (`1..=MAX_PARTITIONS`): the ring's
+/// [`ring::partition_of`], narrowed to the two bytes the layout stores.
 pub fn partition_of(hash: u64, partitions: u32) -> PartitionId {
     assert!(
         (1..=MAX_PARTITIONS).contains(&partitions),
         "partition count {partitions} outside 1..={MAX_PARTITIONS} (validated at open)"
     );
-    let span = (1u128 << 64) / u128::from(partitions);
-    let index = (u128::from(hash) / span).min(u128::from(partitions - 1));
+    let index = ring::partition_of(hash, partitions).0;
     // `index < partitions <= 0xFF00`, so it fits a u16.
     PartitionId(index as u16)
 }
