@@ -530,10 +530,13 @@ fn server(args: &Args, report: &mut Report) -> Result<()> {
             &format!("{step}/s, {threads} threads"),
             format!("{:.0}", total as f64 / elapsed),
             format!(
-                "{:.2} us CPU per {step}; {found}/{total} gets found; {} runs, {} tables; cache hits {}, misses {}",
+                "{:.2} us CPU per {step}; {found}/{total} gets found; {} runs, {} tables ({}), cache {} + {} pinned; cache hits {}, misses {}",
                 1e6 * cpu / total as f64,
                 after.runs,
                 after.tables,
+                mib(after.table_bytes),
+                mib(after.cache_bytes),
+                mib(after.cache_pinned_bytes),
                 after.cache_hits - before.cache_hits,
                 after.cache_misses - before.cache_misses
             ),

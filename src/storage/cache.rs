@@ -170,6 +170,12 @@ impl Shard {
             if let Some(moved) = self.slots.get(self.hand) {
                 self.index.insert(moved.key, self.hand);
             }
+            // Step past the slot just moved here from the end: the end holds
+            // the newest blocks, and examining it now (as this loop once
+            // did) evicted each new block at the next insert, unless read
+            // in between, while older blocks nobody read were never
+            // reached. The moved block waits for the next sweep instead.
+            self.hand += 1;
         }
     }
 }
@@ -261,7 +267,12 @@ impl BlockCache {
         let shard = self.shards[key.shard()].read();
         let found = shard.index.get(&key).map(|&i| {
             let slot = &shard.slots[i];
-            slot.referenced.store(true, Ordering::Relaxed);
+            // Load first: a hot block is already marked, and a store would
+            // take its cache line exclusive on every hit, bouncing it
+            // between the cores reading it.
+            if !slot.referenced.load(Ordering::Relaxed) {
+                slot.referenced.store(true, Ordering::Relaxed);
+            }
             Arc::clone(&slot.block)
         });
         drop(shard);
@@ -362,5 +373,29 @@ mod tests {
         cache.insert(key(1, 0), block(100));
         assert_eq!(cache.stats().blocks, 1);
         assert_eq!(cache.stats().pinned_bytes, 0);
+    }
+
+    #[test]
+    fn a_working_set_that_fits_displaces_blocks_nobody_reads() {
+        let per_shard = 40;
+        let cache = BlockCache::new(SHARDS * per_shard * (1000 + ENTRY_OVERHEAD));
+        for i in 0..(SHARDS * per_shard) as u64 {
+            cache.insert(key(1, i * 4096), block(1000));
+        }
+        let working_set: Vec<_> = (0..(SHARDS * per_shard / 4) as u64)
+            .map(|i| key(2, i * 4096))
+            .collect();
+        for _ in 0..3 {
+            for &k in &working_set {
+                if cache.get(k, false).is_none() {
+                    cache.insert(k, block(1000));
+                }
+            }
+        }
+        let hits = working_set
+            .iter()
+            .filter(|&&k| cache.get(k, false).is_some())
+            .count();
+        assert_eq!(hits, working_set.len());
     }
 }

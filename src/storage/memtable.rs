@@ -46,6 +46,12 @@ const ENTRY_OVERHEAD_BYTES: usize = 128;
 /// filter costs `10 / 8 / 128`, about 1%, of the memtable budget.
 const FILTER_BITS_PER_ENTRY: u32 = 10;
 
+/// The filter is sized for at most this many entries (a 20 MiB filter, for a
+/// 2 GiB memtable budget), so a huge or unbounded budget cannot make every
+/// new memtable allocate a huge filter up front. A bigger memtable still
+/// works; its filter only answers "maybe" more often.
+const FILTER_MAX_ENTRIES: usize = 16 << 20;
+
 /// How many entries a [`MemTableIter`] copies out per skiplist descent.
 const ITER_CHUNK: usize = 128;
 
@@ -219,7 +225,10 @@ impl MemTable {
     /// A memtable that will be frozen at about `budget_bytes`; its filter is
     /// sized for that.
     pub(crate) fn new(budget_bytes: usize) -> Self {
-        let filter = AtomicBloom::new(budget_bytes / ENTRY_OVERHEAD_BYTES, FILTER_BITS_PER_ENTRY);
+        let filter = AtomicBloom::new(
+            (budget_bytes / ENTRY_OVERHEAD_BYTES).min(FILTER_MAX_ENTRIES),
+            FILTER_BITS_PER_ENTRY,
+        );
         MemTable {
             map: SkipMap::new(),
             arena: Mutex::new(Arena {

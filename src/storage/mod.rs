@@ -22,12 +22,14 @@
 //!             key range covers key ──► bloom filter ──► block index ──► one data block
 //! ```
 //!
-//! - **Write path** (the seed's): a write takes the write lock, gets the next
-//!   sequence numbers ([`SeqNo`]), appends one record to the commit log's
-//!   buffer, inserts into the active memtable, publishes the new visible
-//!   sequence number and releases the lock; then, under `fsync always`, it
-//!   waits for the group commit (`wal.rs`): one writer fsyncs for everyone
-//!   who queued meanwhile. [`Engine::write_unsynced`] +
+//! - **Write path** (the seed's): a small batch first searches the active
+//!   memtable for its keys without any lock, so that the inserts' skiplist
+//!   paths are in the CPU cache; then the write takes the write lock, gets
+//!   the next sequence numbers ([`SeqNo`]), appends one record to the commit
+//!   log's buffer, inserts into the active memtable, publishes the new
+//!   visible sequence number and releases the lock; then, under `fsync
+//!   always`, it waits for the group commit (`wal.rs`): one writer fsyncs
+//!   for everyone who queued meanwhile. [`Engine::write_unsynced`] +
 //!   [`Engine::wait_synced`] split the two halves so a server can answer a
 //!   pipeline of commands after one wait. `everysec` fsyncs from a background
 //!   thread every second; `no` only hands the buffer to the OS every second.
