@@ -115,6 +115,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--ringkv", default=os.path.join(ROOT, "target", "release", "ringkv"))
     ap.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+    ap.add_argument("--ringkv-args", default="",
+                    help="extra ringkv flags, e.g. '--block-cache-size 512mb' (recorded in the output)")
     ap.add_argument("--quick", action="store_true", help="smaller -n for a fast look")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench-server-latest.md"))
     opts = ap.parse_args()
@@ -140,11 +142,14 @@ def main() -> int:
                                   "--dir", os.path.join(work, "redis"), "--appendonly", "yes",
                                   "--appendfsync", "everysec", "--save", ""], redis_port, work),
         "ringkv": Server("ringkv", [opts.ringkv, "--port", str(ringkv_port), "--dir",
-                                    os.path.join(work, "ringkv"), "--fsync", "everysec"], ringkv_port, work),
+                                    os.path.join(work, "ringkv"), "--fsync", "everysec"] + opts.ringkv_args.split(),
+                           ringkv_port, work),
     }
     md = ["# ringkv vs redis-server, side by side", "",
-          f"Run: `python3 tools/bench_vs_redis.py --pairs {opts.pairs}{' --quick' if opts.quick else ''}` "
-          f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores.", "",
+          f"Run: `python3 tools/bench_vs_redis.py --pairs {opts.pairs}{' --quick' if opts.quick else ''}"
+          f"{' --ringkv-args ' + repr(opts.ringkv_args) if opts.ringkv_args else ''}` "
+          f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores"
+          + (f", ringkv flags `{opts.ringkv_args}`" if opts.ringkv_args else "") + ".", "",
           f"redis-benchmark {' '.join(common)} plus the pipeline depth and -n below; "
           "redis-server --appendonly yes --appendfsync everysec; ringkv --fsync everysec.", ""]
     try:
