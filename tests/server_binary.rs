@@ -89,11 +89,19 @@ impl Drop for Node {
     }
 }
 
+/// A free client port whose default peer port (port + 10000) is free too:
+/// the node refuses to start when it cannot bind its peer port, and ports
+/// above 55535 have none.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        if port <= u16::MAX - 10_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
 }
 
 fn set(c: &mut redis::Connection, k: &str, v: &str) {
@@ -211,6 +219,70 @@ fn redis_cli_talks_to_ringkv() {
     assert!(cli(&["NOSUCHCMD"]).starts_with("ERR unknown command 'NOSUCHCMD'"));
     assert!(cli(&["INFO", "server"]).contains("redis_version:"));
     assert!(cli(&["-3", "HELLO", "3"]).contains("proto"));
+}
+
+/// redis-benchmark aborts on any error reply to a benchmarked command, so a
+/// clean run of every test that applies to a string store, pipelined and not,
+/// is a compatibility check (figures are for tools/bench_vs_redis.py).
+#[test]
+fn redis_benchmark_runs_every_string_test_without_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let port = node.port.to_string();
+    let tests = [
+        "PING_INLINE",
+        "PING_MBULK",
+        "SET",
+        "GET",
+        "INCR",
+        "MSET (10 keys)",
+    ];
+    for pipeline in ["1", "16"] {
+        let out = run_tool(
+            "redis-benchmark",
+            &[
+                "-p",
+                &port,
+                "-t",
+                "ping_inline,ping_mbulk,set,get,incr,mset",
+                "-n",
+                "2000",
+                "-c",
+                "10",
+                "-r",
+                "1000",
+                "-d",
+                "100",
+                "-P",
+                pipeline,
+                "--csv",
+            ],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "redis-benchmark -P {pipeline} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for test in tests {
+            let row = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("\"{test}\",")))
+                .unwrap_or_else(|| panic!("no {test} row at -P {pipeline}:\n{stdout}"));
+            let rps: f64 = row
+                .split(',')
+                .nth(1)
+                .unwrap()
+                .trim_matches('"')
+                .parse()
+                .unwrap();
+            assert!(rps > 0.0, "{test} at -P {pipeline}: {row}");
+        }
+    }
+    // The benchmark's writes really landed: its SETs use keys key:000000000NNN.
+    let mut c = node.client();
+    let size: i64 = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert!(size > 100, "DBSIZE after redis-benchmark: {size}");
 }
 
 #[test]
