@@ -21,12 +21,17 @@
 //!   causal-context tokens handed to clients, and their byte encodings. Pure
 //!   logic, property-tested.
 //! - [`cluster`]: the ring (partitions, preference lists), membership and gossip,
-//!   and the other cluster state machines. They consume messages and ticks and
-//!   produce messages and effects; no sockets.
+//!   the quorum coordinator, read-repair planning, Merkle trees and
+//!   anti-entropy sessions, and the durable hint store. State machines that
+//!   consume messages and ticks and produce messages and effects; no sockets.
+//!   (Today only membership is driven by the server; the data path is next.)
 //! - [`server`]: the only async and network layer: the client listener and
 //!   connection loop, command dispatch, the versioned keyspace over the storage
-//!   engine, background tasks (active expiry), and shutdown.
+//!   engine, background tasks (active expiry), the internode transport
+//!   (`server::peer`), the gossip driver (`server::cluster_node`), and shutdown.
 //! - [`client`]: a small async RESP client used by the REPL, tools and tests.
+//! - [`cli`]: the `ringkv-cli` REPL: redis-cli-compatible output, hints from
+//!   `COMMAND DOCS`, and the sibling display and `:resolve` helper.
 //!
 //! The binaries in `src/bin/` (`ringkv`, `ringkv-cli`) are thin: parse flags,
 //! load config, set up tracing, run, report.
