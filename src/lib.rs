@@ -6,7 +6,7 @@
 //! `error`, `config` <- `protocol`, `storage`, `version` <- `cluster` <- `server`
 //! <- `bin` (see `DESIGN.md` §1).
 //!
-//! - [`error`]: the one [`Error`](error::Error) enum, grouped by what a caller
+//! - [`error`]: the one [`Error`] enum, grouped by what a caller
 //!   does about a failure, and its RESP form (`to_resp`). Everyone uses it.
 //! - [`config`]: the one [`Config`](config::Config): defaults <- TOML file <- env
 //!   <- CLI flags, with `validate()`. Read by the binaries and the server.
