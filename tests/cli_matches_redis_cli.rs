@@ -6,54 +6,9 @@
 //! installs them); where they are missing the test says so on stderr and
 //! passes, since it compares against them rather than testing them.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+mod redis_reference;
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn on_path(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn start_redis() -> RedisServer {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let server = RedisServer { child, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if redis_cli(port, &["PING"]).0 == "PONG\n" {
-            return server;
-        }
-        sleep(Duration::from_millis(50));
-    }
-    panic!("redis-server did not answer PING on port {port} within 10 s");
-}
+use std::process::{Command, Stdio};
 
 fn run(program: &str, port: u16, args: &[&str]) -> (String, Option<i32>) {
     let output = Command::new(program)
@@ -79,11 +34,12 @@ fn ringkv_cli(port: u16, args: &[&str]) -> (String, Option<i32>) {
 
 #[test]
 fn every_reply_type_prints_as_redis_cli_prints_it() {
-    if !on_path("redis-server") || !on_path("redis-cli") {
-        eprintln!("redis-server or redis-cli is not installed: comparison not run");
+    if redis_reference::missing(&["redis-server", "redis-cli"]).is_some() {
         return;
     }
-    let redis = start_redis();
+    let Some(redis) = redis_reference::start_redis() else {
+        return;
+    };
     let port = redis.port;
     let seed: &[&[&str]] = &[
         &["SET", "text", "a\"b\nc \\ \t"],

@@ -8,10 +8,10 @@
 //! without it the test prints why and passes, since it checks parity with a
 //! reference rather than a behaviour of ringkv alone.
 
+mod redis_reference;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
 
 use bytes::BytesMut;
 use ringkv::protocol::value::{Value, ValueDecoder, ValueLimits};
@@ -175,62 +175,6 @@ const COMMANDS: &[&str] = &[
     "SET k v EXAT 1 GET",
 ];
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> Option<RedisServer> {
-    let version = Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .ok()?;
-    if !version.status.success() {
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .ok()?
-        .port();
-    let dir = tempfile::tempdir().ok()?;
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = RedisServer {
-        child,
-        port,
-        _dir: dir,
-    };
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if start.elapsed() > Duration::from_secs(10) {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(server)
-}
-
 fn read_value(stream: &mut TcpStream, buf: &mut BytesMut) -> Value {
     let mut decoder = ValueDecoder::new(ValueLimits::default());
     loop {
@@ -255,7 +199,7 @@ fn decoded(reply: &ringkv::protocol::Reply) -> Value {
 
 #[tokio::test]
 async fn replies_match_redis_server_7() {
-    let Some(redis) = start_redis() else {
+    let Some(redis) = redis_reference::start_redis() else {
         eprintln!("redis-server is not installed: parity test skipped");
         return;
     };
@@ -319,7 +263,7 @@ fn random_decimal(state: &mut u64) -> String {
 
 #[tokio::test]
 async fn incrbyfloat_matches_redis_server_on_random_decimals() {
-    let Some(redis) = start_redis() else {
+    let Some(redis) = redis_reference::start_redis() else {
         eprintln!("redis-server is not installed: parity test skipped");
         return;
     };
@@ -371,7 +315,7 @@ fn sorted(value: Value) -> Value {
 
 #[tokio::test]
 async fn keys_patterns_match_redis_server_on_random_globs() {
-    let Some(redis) = start_redis() else {
+    let Some(redis) = redis_reference::start_redis() else {
         eprintln!("redis-server is not installed: parity test skipped");
         return;
     };
@@ -522,7 +466,7 @@ fn random_command(next: &mut impl FnMut(u64) -> u64) -> Vec<String> {
 
 #[tokio::test]
 async fn random_command_sequences_answer_like_redis_server() {
-    let Some(redis) = start_redis() else {
+    let Some(redis) = redis_reference::start_redis() else {
         eprintln!("redis-server is not installed: parity test skipped");
         return;
     };
