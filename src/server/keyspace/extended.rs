@@ -244,37 +244,11 @@ fn parse_decimal(s: &[u8]) -> Option<Parsed> {
     if digits == 0 {
         return None;
     }
-    let mut exp10: i64 = 0;
-    if i < s.len() {
-        if s[i] != b'e' && s[i] != b'E' {
-            return None;
-        }
-        i += 1;
-        let negative = match s.get(i) {
-            Some(b'-') => {
-                i += 1;
-                true
-            }
-            Some(b'+') => {
-                i += 1;
-                false
-            }
-            _ => false,
-        };
-        if i >= s.len() {
-            return None;
-        }
-        for &d in &s[i..] {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            // Saturate: anything this large is out of range anyway.
-            exp10 = (exp10 * 10 + i64::from(d - b'0')).min(1 << 40);
-        }
-        if negative {
-            exp10 = -exp10;
-        }
-    }
+    let exp10 = match s.get(i) {
+        None => 0,
+        Some(b'e' | b'E') => parse_exponent(&s[i + 1..])?,
+        Some(_) => return None,
+    };
     if n.bit_len() == 0 {
         return Some(Parsed::Zero);
     }
@@ -346,36 +320,11 @@ fn parse_hex(s: &[u8]) -> Option<Parsed> {
     if digits == 0 || digits > 4096 {
         return None;
     }
-    let mut exp2: i64 = 0;
-    if i < s.len() {
-        if s[i] != b'p' {
-            return None;
-        }
-        i += 1;
-        let negative = match s.get(i) {
-            Some(b'-') => {
-                i += 1;
-                true
-            }
-            Some(b'+') => {
-                i += 1;
-                false
-            }
-            _ => false,
-        };
-        if i >= s.len() {
-            return None;
-        }
-        for &d in &s[i..] {
-            if !d.is_ascii_digit() {
-                return None;
-            }
-            exp2 = (exp2 * 10 + i64::from(d - b'0')).min(1 << 40);
-        }
-        if negative {
-            exp2 = -exp2;
-        }
-    }
+    let exp2 = match s.get(i) {
+        None => 0,
+        Some(b'p') => parse_exponent(&s[i + 1..])?,
+        Some(_) => return None,
+    };
     if n.bit_len() == 0 {
         return Some(Parsed::Zero);
     }
@@ -605,6 +554,28 @@ impl Ord for BigUint {
             .cmp(&other.0.len())
             .then_with(|| self.0.iter().rev().cmp(other.0.iter().rev()))
     }
+}
+
+/// The signed decimal exponent after `e` (decimal) or `p` (hexadecimal):
+/// an optional sign and at least one digit, nothing else. Saturates: anything
+/// that large is out of range anyway.
+fn parse_exponent(s: &[u8]) -> Option<i64> {
+    let (negative, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut exp: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        exp = (exp * 10 + i64::from(d - b'0')).min(1 << 40);
+    }
+    Some(if negative { -exp } else { exp })
 }
 
 #[cfg(test)]
