@@ -192,6 +192,27 @@ pub struct Config {
     /// Milliseconds of silence before a member is down. Default: none (the
     /// membership default, 10000).
     pub gossip_down_ms: Option<u64>,
+    /// Peer port other nodes dial to reach this one, when it differs from the
+    /// port the peer listener binds (port forwarding, NAT, a test's
+    /// fault-injecting proxy). Default: none (the peer port).
+    pub peer_advertise_port: Option<u16>,
+    /// Replicas per key, `N`. A cluster-wide setting carried in gossip: nodes
+    /// with different values refuse each other. Default: none (3).
+    pub replicas: Option<u32>,
+    /// Replica answers a read waits for, `R`. Cluster-wide. Default: none (2).
+    pub read_quorum: Option<u32>,
+    /// Replica acknowledgements a write waits for, `W`. Cluster-wide.
+    /// Default: none (2).
+    pub write_quorum: Option<u32>,
+    /// Deadline of one client request inside the cluster (quorum reads and
+    /// writes, forwards), in milliseconds. Default `1000`.
+    pub request_timeout_ms: u64,
+    /// Age after which a hint held for a down replica is dropped (anti-entropy
+    /// repairs that replica instead), in milliseconds. Default `10800000` (3 h).
+    pub hint_window_ms: u64,
+    /// Bytes per second of hints a node replays to replicas that came back,
+    /// all of them together; `0` means unlimited. Default `4194304` (4 MiB/s).
+    pub handoff_bytes_per_sec: u64,
 }
 
 impl Default for Config {
@@ -217,6 +238,13 @@ impl Default for Config {
             gossip_interval_ms: None,
             gossip_suspect_ms: None,
             gossip_down_ms: None,
+            peer_advertise_port: None,
+            replicas: None,
+            read_quorum: None,
+            write_quorum: None,
+            request_timeout_ms: 1000,
+            hint_window_ms: 3 * 3600 * 1000,
+            handoff_bytes_per_sec: 4 << 20,
         }
     }
 }
@@ -258,7 +286,10 @@ impl Config {
             block_cache_size,
             threads,
             log_level,
-            join
+            join,
+            request_timeout_ms,
+            hint_window_ms,
+            handoff_bytes_per_sec
         );
         macro_rules! take_opt {
             ($($field:ident),*) => { $( if f.$field.is_some() { self.$field = f.$field.clone(); } )* };
@@ -270,7 +301,11 @@ impl Config {
             cluster_secret,
             gossip_interval_ms,
             gossip_suspect_ms,
-            gossip_down_ms
+            gossip_down_ms,
+            peer_advertise_port,
+            replicas,
+            read_quorum,
+            write_quorum
         );
     }
 
@@ -279,7 +314,18 @@ impl Config {
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = &c.$field { self.$field = v.clone(); } )* };
         }
-        take!(port, bind, dir, maxclients, timeout, threads, log_level);
+        take!(
+            port,
+            bind,
+            dir,
+            maxclients,
+            timeout,
+            threads,
+            log_level,
+            request_timeout_ms,
+            hint_window_ms,
+            handoff_bytes_per_sec
+        );
         if let Some(v) = &c.fsync {
             self.fsync = v.parse()?;
         }
@@ -305,7 +351,11 @@ impl Config {
             cluster_secret,
             gossip_interval_ms,
             gossip_suspect_ms,
-            gossip_down_ms
+            gossip_down_ms,
+            peer_advertise_port,
+            replicas,
+            read_quorum,
+            write_quorum
         );
         Ok(())
     }
@@ -428,6 +478,13 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16)> {
 /// # gossip-interval-ms = 1000
 /// # gossip-suspect-ms = 5000
 /// # gossip-down-ms = 10000
+/// # peer-advertise-port = 17000
+/// # replicas = 3
+/// # read-quorum = 2
+/// # write-quorum = 2
+/// request-timeout-ms = 1000
+/// hint-window-ms = 10800000
+/// handoff-bytes-per-sec = 4194304
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -452,6 +509,13 @@ pub struct FileConfig {
     pub gossip_interval_ms: Option<u64>,
     pub gossip_suspect_ms: Option<u64>,
     pub gossip_down_ms: Option<u64>,
+    pub peer_advertise_port: Option<u16>,
+    pub replicas: Option<u32>,
+    pub read_quorum: Option<u32>,
+    pub write_quorum: Option<u32>,
+    pub request_timeout_ms: Option<u64>,
+    pub hint_window_ms: Option<u64>,
+    pub handoff_bytes_per_sec: Option<u64>,
 }
 
 impl FileConfig {
@@ -546,6 +610,28 @@ pub struct CliArgs {
     /// Milliseconds of silence before a peer is marked down [default: 10000].
     #[arg(long, env = "RINGKV_GOSSIP_DOWN_MS", value_name = "MS")]
     pub gossip_down_ms: Option<u64>,
+    /// Peer port other nodes dial, if not the one listened on (NAT, proxies)
+    /// [default: the peer port].
+    #[arg(long, env = "RINGKV_PEER_ADVERTISE_PORT", value_name = "PORT")]
+    pub peer_advertise_port: Option<u16>,
+    /// Replicas per key N, cluster-wide [default: 3].
+    #[arg(long, env = "RINGKV_REPLICAS", value_name = "N")]
+    pub replicas: Option<u32>,
+    /// Replica answers per read R, cluster-wide [default: 2].
+    #[arg(long, env = "RINGKV_READ_QUORUM", value_name = "R")]
+    pub read_quorum: Option<u32>,
+    /// Replica acknowledgements per write W, cluster-wide [default: 2].
+    #[arg(long, env = "RINGKV_WRITE_QUORUM", value_name = "W")]
+    pub write_quorum: Option<u32>,
+    /// Deadline of a request inside the cluster, in ms [default: 1000].
+    #[arg(long, env = "RINGKV_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Age after which a hint is dropped, in ms [default: 10800000 (3 h)].
+    #[arg(long, env = "RINGKV_HINT_WINDOW_MS", value_name = "MS")]
+    pub hint_window_ms: Option<u64>,
+    /// Hint replay rate, bytes per second; 0 = unlimited [default: 4194304].
+    #[arg(long, env = "RINGKV_HANDOFF_BYTES_PER_SEC", value_name = "BYTES")]
+    pub handoff_bytes_per_sec: Option<u64>,
 }
 
 #[cfg(test)]

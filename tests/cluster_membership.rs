@@ -215,7 +215,7 @@ fn three_nodes_join_detect_a_kill_and_welcome_the_restart() {
         .iter()
         .any(|m| m.addr == format!("127.0.0.1:{}", ports[2])));
     let info = a.cluster(&["INFO"]);
-    assert!(info.contains("cluster_data_replication:not-yet"), "{info}");
+    assert!(info.contains("cluster_data_replication:on"), "{info}");
     assert!(info.contains("cluster_members_up:3"), "{info}");
     let preflist: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
         .arg("PREFLIST")

@@ -10,7 +10,7 @@
 #   BASE_PORT=7100 tools/cluster.sh             # ports 7100-7102 instead
 #
 # Then: redis-cli -p 7000 CLUSTER NODES, CLUSTER INFO, CLUSTER PREFLIST mykey.
-# Keys are still served by the node a client talks to (no replication yet).
+# Any node serves any key: N=3 replicas, R=W=2 quorums by default.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

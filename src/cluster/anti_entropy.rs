@@ -741,6 +741,17 @@ impl AntiEntropySession {
         }
     }
 
+    /// Gives the session up from the caller's side (storage failed, the
+    /// peer cannot be reached, a timeout): an `Abort` for the peer (send it
+    /// if the peer can still hear it) and the `Done` report. Nothing if the
+    /// session already ended.
+    pub fn cancel(&mut self, reason: String) -> Vec<Effect> {
+        if self.is_finished() {
+            return Vec::new();
+        }
+        self.abort(reason)
+    }
+
     /// Whether the session has ended (its `Done` was returned).
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Finished)

@@ -924,7 +924,8 @@ impl Coordinator {
 
     /// Replica side of a `Put` from `from`: check it, merge the set into
     /// `store` (or give it to `hints` when it is meant for another owner),
-    /// and acknowledge.
+    /// and acknowledge. (See [`serve_put`], which the server calls without
+    /// a coordinator.)
     pub fn on_put(
         &mut self,
         from: NodeId,
@@ -932,23 +933,10 @@ impl Coordinator {
         store: &mut impl LocalStore,
         hints: &mut impl HintStore,
     ) -> Vec<Effect> {
-        let outcome = self
-            .check_request(req.partition, &req.key, req.budget_ms)
-            .and_then(|()| {
-                let set = SiblingSet::decode(&req.siblings)
-                    .map_err(|e| RemoteError::Rejected(format!("malformed sibling set: {e:?}")))?;
-                let stored = match req.hint_for {
-                    Some(owner) if owner != self.me => hints.store_hint(owner, &req.key, &set),
-                    _ => store.merge(&req.key, &set),
-                };
-                stored.map_err(|e| RemoteError::Storage(e.to_string()))
-            });
+        let ack = serve_put(self.me, self.ring.partitions(), &req, store, hints);
         vec![Effect::Send {
             to: from,
-            msg: Message::PutAck(PutAck {
-                id: req.id,
-                outcome,
-            }),
+            msg: Message::PutAck(ack),
         }]
     }
 
@@ -959,40 +947,74 @@ impl Coordinator {
         req: GetRequest,
         store: &impl LocalStore,
     ) -> Vec<Effect> {
-        let outcome = self
-            .check_request(req.partition, &req.key, req.budget_ms)
-            .and_then(|()| {
-                store
-                    .get(&req.key)
-                    .map(|set| set.map(|s| encode(&s)))
-                    .map_err(|e| RemoteError::Storage(e.to_string()))
-            });
+        let reply = serve_get(self.ring.partitions(), &req, store);
         vec![Effect::Send {
             to: from,
-            msg: Message::GetReply(GetReply {
-                id: req.id,
-                outcome,
-            }),
+            msg: Message::GetReply(reply),
         }]
     }
+}
 
-    fn check_request(
-        &self,
-        partition: PartitionId,
-        key: &[u8],
-        budget_ms: u32,
-    ) -> std::result::Result<(), RemoteError> {
-        if budget_ms == 0 {
-            return Err(RemoteError::DeadlinePassed);
-        }
-        let ours = self.ring.partition_for_key(key);
-        if ours != partition {
-            return Err(RemoteError::Rejected(format!(
-                "key is in partition {ours} here, request says {partition} (rings disagree on Q?)"
-            )));
-        }
-        Ok(())
+/// The replica side of a `Put` on node `me` of a ring with `partitions`
+/// partitions: check the request, merge the set into `store` (or hand it to
+/// `hints` when it is meant for another owner), and say how that went. Needs
+/// no coordinator state, so the server serves replica requests without
+/// taking the coordinator's lock.
+pub fn serve_put(
+    me: NodeId,
+    partitions: u32,
+    req: &PutRequest,
+    store: &mut impl LocalStore,
+    hints: &mut impl HintStore,
+) -> PutAck {
+    let outcome =
+        check_request(partitions, req.partition, &req.key, req.budget_ms).and_then(|()| {
+            let set = SiblingSet::decode(&req.siblings)
+                .map_err(|e| RemoteError::Rejected(format!("malformed sibling set: {e:?}")))?;
+            let stored = match req.hint_for {
+                Some(owner) if owner != me => hints.store_hint(owner, &req.key, &set),
+                _ => store.merge(&req.key, &set),
+            };
+            stored.map_err(|e| RemoteError::Storage(e.to_string()))
+        });
+    PutAck {
+        id: req.id,
+        outcome,
     }
+}
+
+/// The replica side of a `Get`: check the request and answer with the
+/// stored set, encoded.
+pub fn serve_get(partitions: u32, req: &GetRequest, store: &impl LocalStore) -> GetReply {
+    let outcome =
+        check_request(partitions, req.partition, &req.key, req.budget_ms).and_then(|()| {
+            store
+                .get(&req.key)
+                .map(|set| set.map(|s| encode(&s)))
+                .map_err(|e| RemoteError::Storage(e.to_string()))
+        });
+    GetReply {
+        id: req.id,
+        outcome,
+    }
+}
+
+fn check_request(
+    partitions: u32,
+    partition: PartitionId,
+    key: &[u8],
+    budget_ms: u32,
+) -> std::result::Result<(), RemoteError> {
+    if budget_ms == 0 {
+        return Err(RemoteError::DeadlinePassed);
+    }
+    let ours = super::ring::partition_of(super::ring::key_hash(key), partitions);
+    if ours != partition {
+        return Err(RemoteError::Rejected(format!(
+            "key is in partition {ours} here, request says {partition} (rings disagree on Q?)"
+        )));
+    }
+    Ok(())
 }
 
 /// The `Put` a caller sends for an [`Effect::Repair`] to another node.

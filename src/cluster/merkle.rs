@@ -398,18 +398,71 @@ impl MerkleTree {
         if old_value == new_value {
             return;
         }
+        let old = old_value.map(|v| KeyDigest::of(key, v));
+        let new = new_value.map(|v| KeyDigest::of(key, v));
+        self.update_digests(key_hash, old.as_ref(), new.as_ref());
+    }
+
+    /// [`update`](Self::update) with the key digests already computed
+    /// ([`KeyDigest::of`]), so that a writer can hash its (possibly large)
+    /// sibling sets before it takes the lock that guards the tree.
+    pub fn update_digests(
+        &mut self,
+        key_hash: u64,
+        old: Option<&KeyDigest>,
+        new: Option<&KeyDigest>,
+    ) {
+        if old == new {
+            return;
+        }
         let bucket = self.shape.bucket_of(key_hash).0 as usize;
         let leaf_depth = self.levels.len() - 1;
         let leaf = &mut self.levels[leaf_depth][bucket];
-        if let Some(old) = old_value {
-            leaf.sub(&KeyDigest::of(key, old));
+        if let Some(old) = old {
+            leaf.sub(old);
         }
-        if let Some(new) = new_value {
-            leaf.add(&KeyDigest::of(key, new));
+        if let Some(new) = new {
+            leaf.add(new);
         }
         if leaf_depth > 0 {
             self.mark_dirty(leaf_depth - 1, bucket / FANOUT);
         }
+    }
+
+    /// Corrects drift found by comparing `stale`, a copy of this tree, with
+    /// `rebuilt`, a tree built from a scan of the data taken at the same
+    /// moment as the copy: adds `rebuilt - stale` to every bucket where the
+    /// two differ, and returns those buckets.
+    ///
+    /// Because a leaf is a sum of key digests, this is exact even when this
+    /// tree took more writes since the copy: each of them added its own
+    /// difference to both the live tree and (had it been there) the scan, so
+    /// `live + (rebuilt - stale)` is what a scan taken now would build. With
+    /// `stale` an empty tree this *adds* a freshly built tree to one that
+    /// only collected the writes made since the scan began (a build while
+    /// writes go on). Refuses trees of another shape.
+    pub fn apply_correction(
+        &mut self,
+        stale: &MerkleTree,
+        rebuilt: &MerkleTree,
+    ) -> Result<Vec<BucketIndex>> {
+        if stale.shape != self.shape || rebuilt.shape != self.shape {
+            return Err(Error::invalid(
+                "merkle correction between trees of different shapes",
+            ));
+        }
+        let drifted = stale.drifted_buckets(rebuilt);
+        let leaf_depth = self.shape.leaf_depth();
+        for &BucketIndex(bucket) in &drifted {
+            let bucket = bucket as usize;
+            let leaf = &mut self.levels[leaf_depth][bucket];
+            leaf.add(&KeyDigest(rebuilt.levels[leaf_depth][bucket].0));
+            leaf.sub(&KeyDigest(stale.levels[leaf_depth][bucket].0));
+            if leaf_depth > 0 {
+                self.mark_dirty(leaf_depth - 1, bucket / FANOUT);
+            }
+        }
+        Ok(drifted)
     }
 
     /// Accounts for a key that was not stored before.
@@ -497,6 +550,12 @@ impl MerkleTree {
         let mut fresh = self.clone();
         fresh.recompute_all_inner_nodes();
         fresh.levels == self.levels
+    }
+
+    /// Recomputes every inner node from the leaves: the fix when
+    /// [`verify_inner_nodes`](Self::verify_inner_nodes) fails.
+    pub fn recompute_inner_nodes(&mut self) {
+        self.recompute_all_inner_nodes();
     }
 
     /// Bytes of hashes this tree holds (independent of the data size).
@@ -662,6 +721,55 @@ mod tests {
         assert!(tree.verify_inner_nodes());
         tree.levels[1][0] = NodeHash([9; 32]);
         assert!(!tree.verify_inner_nodes());
+    }
+
+    #[test]
+    fn correction_fixes_drift_even_after_later_writes() {
+        let s = shape(64);
+        let mut map = BTreeMap::new();
+        for i in 0..50u32 {
+            map.insert(i.to_be_bytes().to_vec(), vec![i as u8; 4]);
+        }
+        let mut live = rebuilt(s, &map);
+        // The data took a write the tree never saw (the drift), then the
+        // copy and the scan were taken together.
+        map.insert(b"missed".to_vec(), b"x".to_vec());
+        let stale = live.clone();
+        let scan = rebuilt(s, &map);
+        // Writes after the copy reach the live tree (and the data) only.
+        for key in [&b"later"[..], &b"missed"[..]] {
+            let old = map.insert(key.to_vec(), b"new".to_vec());
+            live.update(key_hash(key), key, old.as_deref(), Some(b"new"));
+        }
+        let fixed = live.apply_correction(&stale, &scan).expect("same shape");
+        assert_eq!(fixed, vec![s.bucket_of(key_hash(b"missed"))]);
+        assert_eq!(live.root(), rebuilt(s, &map).root());
+        assert!(live.verify_inner_nodes());
+        // A fresh build added to a tree that only saw later writes.
+        let mut after_scan = MerkleTree::new(s);
+        after_scan.update(key_hash(b"z"), b"z", None, Some(b"1"));
+        let mut built = rebuilt(s, &map);
+        after_scan
+            .apply_correction(&MerkleTree::new(s), &built)
+            .expect("same shape");
+        map.insert(b"z".to_vec(), b"1".to_vec());
+        assert_eq!(after_scan.root(), rebuilt(s, &map).root());
+        assert_ne!(after_scan.root(), built.root());
+        assert!(MerkleTree::new(shape(16))
+            .apply_correction(&stale, &scan)
+            .is_err());
+    }
+
+    #[test]
+    fn broken_inner_nodes_are_recomputed() {
+        let mut tree = MerkleTree::new(shape(256));
+        tree.insert(key_hash(b"a"), b"a", b"1");
+        let root = tree.root();
+        tree.levels[1][3] = NodeHash([7; 32]);
+        assert!(!tree.verify_inner_nodes());
+        tree.recompute_inner_nodes();
+        assert!(tree.verify_inner_nodes());
+        assert_eq!(tree.root(), root);
     }
 
     #[derive(Clone, Debug)]

@@ -230,6 +230,10 @@ pub enum RemoteError {
     Rejected(String),
     /// Storage failed on the replica.
     Storage(String),
+    /// The request never got an answer: the transport could not reach the
+    /// replica, or gave up waiting. Made by the sender for itself (so the
+    /// coordinator moves on to a fallback at once); never sent.
+    Unreachable(String),
 }
 
 /// An internode message. Variants are in wire order: append only (see the
@@ -326,6 +330,7 @@ mod tests {
             Just(RemoteError::Overloaded),
             ".*".prop_map(RemoteError::Rejected),
             ".*".prop_map(RemoteError::Storage),
+            ".*".prop_map(RemoteError::Unreachable),
         ]
     }
 

@@ -114,6 +114,7 @@ pub fn encode(reply: &Reply, proto: ProtocolVersion, out: &mut BytesMut) {
             out.put_slice(b"\r\n");
         }
         Reply::Verbatim(text) => write_bulk(out, text.as_bytes()),
+        Reply::Raw(bytes) => out.put_slice(bytes),
     }
 }
 

@@ -34,6 +34,10 @@ pub enum Reply {
     Boolean(bool),
     /// Verbatim text (`=n\r\ntxt:...` in RESP3; a bulk string in RESP2).
     Verbatim(String),
+    /// One reply already encoded, in the protocol of the connection it goes
+    /// to: what another node answered to a forwarded command (the forward
+    /// names the protocol). Copied to the wire as is.
+    Raw(Bytes),
 }
 
 impl Reply {

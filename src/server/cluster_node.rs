@@ -66,13 +66,14 @@
 //! shows a node a later incarnation of itself than the one it picked (a
 //! clock that jumped back and a wiped directory), it jumps past it.
 //!
-//! # Not yet: the data path
+//! # The data path
 //!
-//! This round wires membership only. Keys are still served by the local
-//! keyspace of whichever node a client talks to; nothing is replicated or
-//! forwarded. `CLUSTER INFO` says so plainly (`cluster_data_replication:not-yet`),
-//! and data-path messages (`Put`, `Get`, `Forward`) arriving on the peer port
-//! are counted and dropped.
+//! Data-path messages (`Put`, `Get`, `Forward`) arriving on the peer port go
+//! to the [`DataPath`] the server attached ([`ClusterNode::attach_data_path`]);
+//! before it is attached they are counted (`peer_unserved_messages`) and
+//! dropped. The data path follows the membership through a
+//! [`ClusterHandle`]: a view version that moves on every ring or status
+//! change tells it when to re-read the member list.
 //!
 //! Gossip whose `from` differs from the node id the connection's handshake
 //! named is dropped too: with a cluster secret that id is proven, so a peer
@@ -90,7 +91,7 @@
 //! # Commands
 //!
 //! `CLUSTER NODES | INFO | MEET host port | FORGET node-id | LEAVE |
-//! PREFLIST key | PARTITIONS | MYID | MYPEERADDR | HELP`. Unknown
+//! PREFLIST key | PARTITIONS | HINTS | MYID | MYPEERADDR | HELP`. Unknown
 //! subcommands and wrong arities are answered by dispatch, in Redis 7's
 //! words (`ERR unknown subcommand 'x'. Try CLUSTER HELP.`).
 
@@ -109,6 +110,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::data_path::DataPath;
 use super::dispatch::Ctx;
 use super::peer::{ClusterSecret, Handler, PeerClient, PeerConfig, PeerInfo, PeerListener};
 use crate::client::{Client, ConnectOptions, Value};
@@ -146,6 +148,7 @@ pub enum ClusterCmd {
     Leave,
     Preflist,
     Partitions,
+    Hints,
     MyId,
     MyPeerAddr,
     Help,
@@ -170,6 +173,9 @@ pub const CLUSTER_HELP: &[&str] = &[
     "    id, client address, peer address, owner|fallback, status, partition.",
     "PARTITIONS",
     "    Partition ranges and their owners (short ids, primary first).",
+    "HINTS",
+    "    Hints held here for replicas that were down, one row each:",
+    "    target id, hints, bytes, target status.",
     "MYID",
     "    This node's id.",
     "MYPEERADDR",
@@ -229,6 +235,51 @@ struct Core {
     shutdown: CancellationToken,
     counters: Counters,
     last_rejection: Mutex<Option<String>>,
+    /// Bumped after every change of the ring or of a member's status, so the
+    /// data path re-reads the membership only when it changed.
+    view_version: AtomicU64,
+    /// The data path, once the server has built it: `Put`, `Get` and
+    /// `Forward` messages go there.
+    data: std::sync::OnceLock<Arc<DataPath>>,
+}
+
+/// What the data path needs of the cluster node: identity, the transport,
+/// and the membership (read under its lock when the view version moved).
+#[derive(Clone)]
+pub struct ClusterHandle {
+    core: Arc<Core>,
+}
+
+impl ClusterHandle {
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.core.id
+    }
+
+    /// The internode transport (requests to peers).
+    pub fn peers(&self) -> &PeerClient {
+        &self.core.peers
+    }
+
+    /// A number that changes whenever the ring or a member's status changed.
+    pub fn view_version(&self) -> u64 {
+        self.core.view_version.load(Relaxed)
+    }
+
+    /// Runs `f` on the membership under its lock (keep it short).
+    pub fn with_membership<T>(&self, f: impl FnOnce(&Membership) -> T) -> T {
+        f(&self.core.membership.lock())
+    }
+
+    /// Milliseconds since this node started (the membership's clock).
+    pub fn now(&self) -> Millis {
+        self.core.now()
+    }
+
+    /// Stops when the cluster node shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.core.shutdown.clone()
+    }
 }
 
 /// This node's membership in the cluster (see the module doc).
@@ -264,7 +315,8 @@ impl ClusterNode {
                 Error::invalid("no default peer port (port + 10000 > 65535); set --peer-port")
             })?,
         };
-        let settings = ClusterSettings::default();
+        let settings = cluster_settings(config);
+        settings.validate()?;
         let secret = config
             .cluster_secret
             .as_deref()
@@ -292,7 +344,12 @@ impl ClusterNode {
             .await
             .map_err(|e| Error::invalid(format!("cannot listen for peers on {bind}: {e}")))?;
         let addr = join_host_port(&host, client_addr.port());
-        let peer_addr = join_host_port(&host, listener.local_addr().port());
+        let peer_addr = join_host_port(
+            &host,
+            config
+                .peer_advertise_port
+                .unwrap_or(listener.local_addr().port()),
+        );
         let id = NodeId::from_peer_addr(&peer_addr);
         let incarnation = next_incarnation(&config.dir)?;
         let peers = PeerClient::new(PeerConfig {
@@ -324,6 +381,8 @@ impl ClusterNode {
             shutdown: CancellationToken::new(),
             counters: Counters::default(),
             last_rejection: Mutex::new(None),
+            view_version: AtomicU64::new(0),
+            data: std::sync::OnceLock::new(),
         });
         *slot.write() = Some(core.clone());
         info!(
@@ -331,7 +390,7 @@ impl ClusterNode {
             addr = %core.addr,
             peer_addr = %core.peer_addr,
             incarnation = incarnation.0,
-            "cluster node started (membership only; data is not replicated yet)"
+            "cluster node started"
         );
         let gossip_task = tokio::spawn(gossip_loop(core.clone()));
         for (host, port) in seeds {
@@ -347,6 +406,20 @@ impl ClusterNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.core.id
+    }
+
+    /// What the data path needs of this node.
+    pub fn handle(&self) -> ClusterHandle {
+        ClusterHandle {
+            core: self.core.clone(),
+        }
+    }
+
+    /// Routes `Put`, `Get` and `Forward` messages to `data` from now on.
+    pub fn attach_data_path(&self, data: Arc<DataPath>) {
+        if self.core.data.set(data).is_err() {
+            warn!("a data path was already attached; keeping the first");
+        }
     }
 
     /// The advertised internode address.
@@ -436,6 +509,10 @@ impl ClusterNode {
             }
             ClusterCmd::Preflist => core.preflist(&args[2]),
             ClusterCmd::Partitions => core.partitions(),
+            ClusterCmd::Hints => match core.data.get() {
+                Some(data) => data.hints_reply(),
+                None => Reply::Array(Vec::new()),
+            },
             ClusterCmd::MyId => Reply::bulk(core.id.to_string()),
             ClusterCmd::MyPeerAddr => Reply::bulk(core.peer_addr.clone()),
             ClusterCmd::Help => {
@@ -470,10 +547,13 @@ impl Core {
         for effect in effects {
             match effect {
                 Effect::Send { to, msg } => self.deliver(to, Bytes::from(msg.encode())),
-                Effect::StatusChanged { id, from, to } => match from {
-                    None => info!(node = %id, status = %to, "new cluster member"),
-                    Some(from) => info!(node = %id, %from, %to, "member status changed"),
-                },
+                Effect::StatusChanged { id, from, to } => {
+                    match from {
+                        None => info!(node = %id, status = %to, "new cluster member"),
+                        Some(from) => info!(node = %id, %from, %to, "member status changed"),
+                    }
+                    self.view_version.fetch_add(1, Relaxed);
+                }
                 Effect::RingChanged => ring_changed = true,
                 Effect::Rejected { peer_addr, reason } => {
                     self.counters.rejected.fetch_add(1, Relaxed);
@@ -484,6 +564,7 @@ impl Core {
         }
         if ring_changed {
             self.rebuild_ring();
+            self.view_version.fetch_add(1, Relaxed);
         }
     }
 
@@ -530,23 +611,11 @@ impl Core {
     }
 
     /// One payload from the peer port.
-    fn on_peer_message(self: &Arc<Self>, from: &PeerInfo, payload: &[u8]) {
-        let msg = match Message::decode(payload) {
-            Ok(msg) => msg,
-            Err(e) => {
-                self.counters.malformed.fetch_add(1, Relaxed);
-                warn!(peer = %from.addr, error = %e, "dropping malformed internode message");
-                return;
-            }
-        };
+    fn on_gossip(self: &Arc<Self>, from: &PeerInfo, msg: Message) {
         let (sender, kind) = match &msg {
             Message::Gossip(g) => (g.from, "gossip"),
             Message::GossipReject(r) => (r.from, "gossip-reject"),
-            other => {
-                self.counters.unserved.fetch_add(1, Relaxed);
-                debug!(peer = %from.addr, kind = other.kind(), "data-path message dropped: not served yet");
-                return;
-            }
+            _ => return,
         };
         // The handshake names the dialer; gossip claiming to be someone else
         // is dropped (with a secret, the handshake name is proven).
@@ -700,7 +769,7 @@ impl Core {
         };
         kv("cluster_state", &state);
         kv("cluster_name", &s.name);
-        kv("cluster_data_replication", &"not-yet");
+        kv("cluster_data_replication", &"on");
         kv("cluster_partitions", &s.partitions);
         kv("cluster_replicas_n", &s.replicas);
         kv("cluster_read_quorum_r", &s.read_quorum);
@@ -795,14 +864,34 @@ struct GossipHandler {
 
 impl Handler for GossipHandler {
     fn handle(&self, from: &PeerInfo, payload: Bytes) -> BoxFuture<'static, Option<Bytes>> {
-        // Cheap and synchronous: the state machine answers from memory.
         let core = self.core.read().clone();
-        match core {
-            Some(core) => core.on_peer_message(from, &payload),
-            None => debug!(peer = %from.addr, "message before the node finished starting; dropped"),
+        let Some(core) = core else {
+            debug!(peer = %from.addr, "message before the node finished starting; dropped");
+            return Box::pin(std::future::ready(None));
+        };
+        let msg = match Message::decode(&payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                core.counters.malformed.fetch_add(1, Relaxed);
+                warn!(peer = %from.addr, error = %e, "dropping malformed internode message");
+                return Box::pin(std::future::ready(None));
+            }
+        };
+        match msg {
+            Message::Gossip(_) | Message::GossipReject(_) => {
+                // Cheap and synchronous: the state machine answers from memory.
+                core.on_gossip(from, msg);
+                Box::pin(std::future::ready(None))
+            }
+            other => match (core.data.get(), from.node_id.parse::<NodeId>()) {
+                (Some(data), Ok(sender)) => data.clone().serve(sender, other),
+                _ => {
+                    core.counters.unserved.fetch_add(1, Relaxed);
+                    debug!(peer = %from.addr, kind = other.kind(), "data-path message dropped: no data path or no valid sender id");
+                    Box::pin(std::future::ready(None))
+                }
+            },
         }
-        // Gossip is one-way; a request (none are sent yet) gets "no reply".
-        Box::pin(std::future::ready(None))
     }
 }
 
@@ -866,6 +955,21 @@ fn gossip_config(config: &Config) -> GossipConfig {
         g.down_after_ms = ms;
     }
     g
+}
+
+/// The cluster-wide settings: the defaults, overridden by the flags.
+fn cluster_settings(config: &Config) -> ClusterSettings {
+    let mut s = ClusterSettings::default();
+    if let Some(n) = config.replicas {
+        s.replicas = n;
+    }
+    if let Some(r) = config.read_quorum {
+        s.read_quorum = r;
+    }
+    if let Some(w) = config.write_quorum {
+        s.write_quorum = w;
+    }
+    s
 }
 
 /// `host:port`, with brackets around an IPv6 host.
@@ -1124,7 +1228,7 @@ mod tests {
         assert!(a
             .core
             .info_text()
-            .contains("cluster_data_replication:not-yet\r\n"));
+            .contains("cluster_data_replication:on\r\n"));
         a.shutdown().await;
         b.shutdown().await;
     }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::clients::{ClientId, ClientInfo};
 use super::commands::{self, table};
 use super::Shared;
+use crate::cluster::coordinator::Origin;
 use crate::protocol::ProtocolVersion;
 use crate::protocol::Reply;
 use crate::storage::SeqNo;
@@ -129,7 +130,10 @@ pub async fn execute(
     }
     match spec.handler {
         table::Handler::Data => {
-            let (reply, wrote) = shared.keyspace.execute_unsynced(args).await;
+            let (reply, wrote) = shared
+                .data
+                .execute(args, session.protocol, Origin::Client)
+                .await;
             Outcome {
                 reply: Some(reply),
                 flow: Flow::Continue,

@@ -49,7 +49,9 @@ pub mod clients;
 pub mod cluster_node;
 pub mod commands;
 pub mod connection;
+pub mod data_path;
 pub mod dispatch;
+pub mod handoff;
 pub mod keyspace;
 pub mod peer;
 pub mod stats;
@@ -90,8 +92,10 @@ pub struct Shared {
     pub run_id: String,
     /// The address the listener is bound to.
     pub local_addr: SocketAddr,
-    /// Membership and gossip (the data path is not wired yet).
+    /// Membership and gossip.
     pub cluster: cluster_node::ClusterNode,
+    /// Routing, quorum reads and writes, replication: every data command.
+    pub data: Arc<data_path::DataPath>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -136,6 +140,8 @@ impl Server {
         let listener = TcpListener::bind((config.bind, config.port)).await?;
         let local_addr = listener.local_addr()?;
         let cluster = cluster_node::ClusterNode::start(&config, local_addr).await?;
+        let data = data_path::DataPath::start(keyspace.clone(), cluster.handle(), &config)?;
+        cluster.attach_data_path(data.clone());
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             live: LiveConfig::new(&config),
@@ -147,6 +153,7 @@ impl Server {
             run_id: random_run_id(),
             local_addr,
             cluster,
+            data,
             shutdown,
         });
         Ok(Server { listener, shared })
@@ -195,6 +202,9 @@ impl Server {
         let _ = done_rx.recv().await;
         sampler.abort();
         shared.cluster.shutdown().await;
+        if let Err(e) = shared.data.close() {
+            error!(error = %e, "closing the hint store failed");
+        }
         let keyspace = shared.keyspace.clone();
         let closed = tokio::task::spawn_blocking(move || keyspace.close())
             .await

@@ -342,6 +342,31 @@ fn other_protocol_version_is_refused() {
 }
 
 #[test]
+fn a_session_cancelled_by_its_caller_aborts_once_and_the_peer_follows() {
+    let mut a = MerkleTree::new(TreeShape::default());
+    let mut b = MerkleTree::new(TreeShape::default());
+    b.insert(key_hash(b"k"), b"k", b"v");
+    let (mut initiator, opening) =
+        AntiEntropySession::start(SessionId(9), 3, SessionLimits::default(), &mut a);
+    let (mut responder, _) = AntiEntropySession::respond(opening, SessionLimits::default(), &mut b);
+    let effects = initiator.cancel("storage failed".into());
+    let Some(Effect::Send(abort)) = effects.first().cloned() else {
+        panic!("cancel sends an Abort first: {effects:?}");
+    };
+    assert!(matches!(
+        effects.get(1),
+        Some(Effect::Done(SessionReport { outcome: Outcome::Aborted(r), .. })) if r == "storage failed"
+    ));
+    assert!(initiator.is_finished());
+    assert!(initiator.cancel("again".into()).is_empty());
+    let effects = responder.on_message(abort, &mut b);
+    assert!(matches!(
+        effects.as_slice(),
+        [Effect::Done(SessionReport { outcome: Outcome::Aborted(r), .. })] if r.contains("storage failed")
+    ));
+}
+
+#[test]
 fn malformed_level_is_aborted_not_trusted() {
     let mut a = MerkleTree::new(TreeShape::default());
     let (mut session, _) =

@@ -37,6 +37,7 @@ fn expected2(reply: &Reply) -> Frame2 {
         Reply::Double(d) => Frame2::BulkString(double_text(*d).into_bytes()),
         Reply::Boolean(b) => Frame2::Integer(i64::from(*b)),
         Reply::Verbatim(t) => Frame2::BulkString(t.as_bytes().to_vec()),
+        Reply::Raw(_) => unreachable!("the generators make no pre-encoded replies"),
     }
 }
 
@@ -92,6 +93,7 @@ fn expected3(reply: &Reply) -> Frame3 {
             format: VerbatimStringFormat::Text,
             attributes: None,
         },
+        Reply::Raw(_) => unreachable!("the generators make no pre-encoded replies"),
     }
 }
 
@@ -274,4 +276,17 @@ proptest! {
     fn every_double_reads_back_exactly(d in any::<f64>().prop_filter("not NaN", |d| !d.is_nan())) {
         prop_assert_eq!(double_text(d).parse::<f64>().ok(), Some(d));
     }
+}
+
+#[test]
+fn raw_replies_are_copied_as_they_are_inside_arrays() {
+    let reply = Reply::Array(vec![
+        Reply::Raw(bytes::Bytes::from_static(b":5\r\n")),
+        Reply::Raw(bytes::Bytes::from_static(b"*2\r\n$1\r\na\r\n$1\r\nb\r\n")),
+        Reply::Null,
+    ]);
+    assert_eq!(
+        wire(&reply, ProtocolVersion::Resp2),
+        b"*3\r\n:5\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n$-1\r\n".to_vec()
+    );
 }

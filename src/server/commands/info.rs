@@ -180,7 +180,10 @@ fn section(s: &Shared, name: &str, out: &mut String) {
                 line!("db0:keys={},expires={},avg_ttl=0", ks.keys, ks.expires);
             }
         }
-        "cluster" => s.cluster.info_section(out),
+        "cluster" => {
+            s.cluster.info_section(out);
+            s.data.info_section(out);
+        }
         "ringkv" => {
             let ks = s.keyspace.info();
             let e = &ks.engine;

@@ -619,6 +619,9 @@ const CLUSTER_SUBCOMMANDS: &[CommandSpec] = {
         cmd("cluster|partitions", 2, LOADING | STALE, CLUSTER, "0.1.0", "Returns partition ranges and their owners.")
             .complexity("O(Q) where Q is the number of partitions")
             .server(ServerCmd::Cluster(C::Partitions)),
+        cmd("cluster|hints", 2, LOADING | STALE, CLUSTER, "0.1.0", "Returns the hints this node holds for replicas that were down: target id, hints, bytes, status.")
+            .complexity("O(N) where N is the number of targets")
+            .server(ServerCmd::Cluster(C::Hints)),
         cmd("cluster|myid", 2, LOADING | STALE, CLUSTER, "3.0.0", "Returns this node's id.")
             .server(ServerCmd::Cluster(C::MyId)),
         cmd("cluster|mypeeraddr", 2, LOADING | STALE | NO_AUTH, CLUSTER, "0.1.0", "Returns this node's internode address (what --join asks a seed for).")

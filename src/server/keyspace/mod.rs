@@ -288,6 +288,17 @@ impl Keyspace {
         }
     }
 
+    /// Runs one data command and returns the engine sequence of its write,
+    /// if it wrote, whatever the fsync policy: what the cluster's data path
+    /// replicates after running a command on this replica. No durability
+    /// wait (see [`wait_durable`](Self::wait_durable)).
+    pub async fn execute_tracked(&self, args: &[Bytes]) -> (Reply, Option<SeqNo>) {
+        match self.run(args).await {
+            Ok(done) => (done.reply, done.wrote),
+            Err(e) => (e.into(), None),
+        }
+    }
+
     /// Waits until every write up to `seq` is on disk (group commit: one
     /// fsync serves all writers waiting meanwhile). Runs on a blocking thread.
     pub async fn wait_durable(&self, seq: SeqNo) -> Result<()> {
