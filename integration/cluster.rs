@@ -131,6 +131,62 @@ fn a_write_through_one_node_is_read_and_deleted_through_the_others() {
 }
 
 #[test]
+fn a_pipeline_through_a_cluster_node_answers_in_order_and_keeps_per_key_order() {
+    // Pipelined data commands on different keys run at once on a cluster
+    // node; those on one key must still apply in the order they were sent,
+    // and every reply must come back in request order.
+    let c = Cluster::start(3);
+    let mut con = c.con(1);
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i);
+    }
+    pipe.cmd("SET").arg("counter").arg(0);
+    for _ in 0..50 {
+        pipe.cmd("INCR").arg("counter");
+    }
+    pipe.cmd("GET").arg("counter");
+    pipe.cmd("APPEND").arg("log").arg("a");
+    pipe.cmd("APPEND").arg("log").arg("b");
+    pipe.cmd("GET").arg("log");
+    for i in 0..200 {
+        pipe.cmd("GET").arg(format!("p{i}"));
+    }
+    pipe.cmd("MGET").arg("p0").arg("counter").arg("nokey");
+    pipe.cmd("DEL").arg("p1").arg("p2").arg("nokey");
+    let replies: Vec<redis::Value> = pipe.query(&mut con).expect("pipeline");
+    assert_eq!(replies.len(), 200 + 1 + 50 + 1 + 3 + 200 + 2);
+    let int = |v: &redis::Value| match v {
+        redis::Value::Int(n) => *n,
+        other => panic!("want an integer, got {other:?}"),
+    };
+    for (n, v) in replies[201..251].iter().enumerate() {
+        assert_eq!(int(v), n as i64 + 1, "INCR #{n} answered out of order");
+    }
+    assert_eq!(support::text_of(&replies[251]).as_deref(), Some("50"));
+    assert_eq!(int(&replies[252]), 1);
+    assert_eq!(int(&replies[253]), 2);
+    assert_eq!(support::text_of(&replies[254]).as_deref(), Some("ab"));
+    for i in 0..200 {
+        assert_eq!(
+            support::text_of(&replies[255 + i]).as_deref(),
+            Some(i.to_string().as_str()),
+            "GET p{i}"
+        );
+    }
+    match &replies[455] {
+        redis::Value::Array(items) => {
+            assert_eq!(support::text_of(&items[0]).as_deref(), Some("0"));
+            assert_eq!(support::text_of(&items[1]).as_deref(), Some("50"));
+            assert_eq!(items[2], redis::Value::Nil);
+        }
+        other => panic!("MGET answered {other:?}"),
+    }
+    assert_eq!(int(&replies[456]), 2, "DEL of two keys and a missing one");
+    assert_eq!(c.get(3, "counter"), ["50"]);
+}
+
+#[test]
 fn five_nodes_serve_every_key_through_every_node() {
     let c = Cluster::start(5);
     let key = |i: usize| format!("key-{i}");

@@ -513,6 +513,29 @@ impl Coordinator {
         set: SiblingSet,
         now: Millis,
     ) -> Result<(RequestId, Vec<Effect>)> {
+        self.start_write(key, set, false, now)
+    }
+
+    /// [`begin_write`](Self::begin_write) of a set this node has already
+    /// stored durably (the coordinator ran the client's command on its own
+    /// replica): no [`Effect::StoreLocal`]; the local copy counts as one
+    /// acknowledgement from the start.
+    pub fn begin_write_stored(
+        &mut self,
+        key: Vec<u8>,
+        set: SiblingSet,
+        now: Millis,
+    ) -> Result<(RequestId, Vec<Effect>)> {
+        self.start_write(key, set, true, now)
+    }
+
+    fn start_write(
+        &mut self,
+        key: Vec<u8>,
+        set: SiblingSet,
+        stored_here: bool,
+        now: Millis,
+    ) -> Result<(RequestId, Vec<Effect>)> {
         let encoded = encode(&set);
         if encoded.len() + key.len() > self.config.max_set_bytes {
             return Err(Error::invalid(format!(
@@ -570,19 +593,26 @@ impl Coordinator {
                     node,
                     hint_for: None,
                     sent_at: now,
-                    state: AttemptState::Pending,
+                    state: if stored_here {
+                        AttemptState::Acked
+                    } else {
+                        AttemptState::Pending
+                    },
                     replaced: false,
                 });
-                effects.push(Effect::StoreLocal {
-                    id,
-                    key: op.key.clone(),
-                    set: set.clone(),
-                });
+                if !stored_here {
+                    effects.push(Effect::StoreLocal {
+                        id,
+                        key: op.key.clone(),
+                        set: set.clone(),
+                    });
+                }
             } else {
                 effects.push(self.ask(&mut op, id, node, hint_for, now));
             }
         }
-        self.ops.insert(id, Op::Write(op));
+        // With the local copy already counted, W may be reached at once.
+        self.settle_write(id, op, &mut effects);
         Ok((id, effects))
     }
 

@@ -19,6 +19,13 @@
 //! not 100, and no reply acknowledges a write that is not on disk; if the
 //! fsync fails the connection is closed without sending those replies.
 //!
+//! On a node of a cluster, where a data command waits for other nodes, the
+//! data commands of one pipeline run concurrently (up to `MAX_CONCURRENT`
+//! at once) as long as they name different keys; their replies still go out
+//! in the order the commands came, and a command on a key already in flight
+//! (or any other kind of command) waits for those before it to finish. A
+//! single node runs them one by one: they never wait there.
+//!
 //! Shutdown is observed only between batches: a batch that was read is
 //! executed and answered before the connection closes. A write to a client
 //! that does not read gets `SHUTDOWN_WRITE_GRACE` (5 s) once shutdown is asked.
@@ -35,10 +42,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
+use futures::future::join_all;
+
 use super::clients::Registration;
+use super::commands::table;
 use super::dispatch::{self, Flow, Session};
 use super::Shared;
-use crate::protocol::{encode, Limits, RequestParser};
+use crate::cluster::coordinator::Origin;
+use crate::protocol::{encode, Limits, Request, RequestParser};
 use crate::storage::SeqNo;
 
 /// Initial size of, and the free space kept in, the input buffer.
@@ -49,6 +60,33 @@ const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
 const MAX_READ_AHEAD: usize = 4 * 1024 * 1024;
 /// Initial size of the output buffer.
 const WRITE_CHUNK: usize = 16 * 1024;
+/// Most pipelined data commands of one connection that run at once on a
+/// cluster node.
+const MAX_CONCURRENT: usize = 64;
+
+/// Pipelined data commands waiting to run together, and their keys: a
+/// command that names a key already here waits for the group to finish, so
+/// commands on one key still run in the order they were sent.
+#[derive(Default)]
+struct Group {
+    requests: Vec<(Request, &'static str)>,
+    keys: Vec<bytes::Bytes>,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    fn overlaps(&self, keys: &[bytes::Bytes]) -> bool {
+        keys.iter().any(|k| self.keys.contains(k))
+    }
+
+    fn push(&mut self, request: Request, name: &'static str, keys: Vec<bytes::Bytes>) {
+        self.requests.push((request, name));
+        self.keys.extend(keys);
+    }
+}
 
 /// Starts serving `stream` on its own task.
 pub(crate) fn spawn(
@@ -174,11 +212,16 @@ impl Connection {
         let mut executed = 0u64;
         let mut last_cmd = "";
         let limit = self.shared.live.output_buffer_limit();
+        let mut group = Group::default();
         let flow = loop {
             let request = match self.parser.parse(&mut self.input) {
                 Ok(Some(request)) => request,
-                Ok(None) => break Flow::Continue,
+                Ok(None) => {
+                    self.run_group(&mut group, &mut last_cmd).await;
+                    break Flow::Continue;
+                }
                 Err(e) => {
+                    self.run_group(&mut group, &mut last_cmd).await;
                     debug!(id = self.session.id.0, error = %e.to_resp(), "protocol error; closing");
                     self.output.extend_from_slice(b"-");
                     self.output.extend_from_slice(e.to_resp().as_bytes());
@@ -187,6 +230,17 @@ impl Connection {
                 }
             };
             executed += 1;
+            if let Some((name, keys)) = self.concurrent(request.args()) {
+                if group.len() >= MAX_CONCURRENT || group.overlaps(&keys) {
+                    self.run_group(&mut group, &mut last_cmd).await;
+                    if self.output.len() >= limit {
+                        self.flush().await?;
+                    }
+                }
+                group.push(request, name, keys);
+                continue;
+            }
+            self.run_group(&mut group, &mut last_cmd).await;
             let was_authenticated = self.session.authenticated;
             let outcome = dispatch::execute(
                 &self.shared,
@@ -226,6 +280,52 @@ impl Connection {
             }
         }
         Ok(flow)
+    }
+
+    /// Whether a command may run at the same time as its neighbours in
+    /// the pipeline, and with which keys: a data command on named keys, on
+    /// a node of a cluster (where commands wait on other nodes), from an
+    /// authenticated client. Keyless data commands (`KEYS`, `SCAN`,
+    /// `DBSIZE`, `FLUSHALL`...) and every other command run alone.
+    fn concurrent(&self, args: &[bytes::Bytes]) -> Option<(&'static str, Vec<bytes::Bytes>)> {
+        if !self.session.authenticated || !self.shared.data.is_clustered() {
+            return None;
+        }
+        let spec = table::lookup(&args[0])?;
+        if !matches!(spec.handler, table::Handler::Data) || !spec.arity_ok(args.len()) {
+            return None;
+        }
+        let keys = match spec.name {
+            "keys" | "scan" | "randomkey" | "dbsize" | "flushall" | "flushdb" => return None,
+            "mset" | "msetnx" => args[1..].iter().step_by(2).cloned().collect(),
+            "mget" | "del" | "unlink" | "exists" => args[1..].to_vec(),
+            _ => vec![args[1].clone()],
+        };
+        Some((spec.name, keys))
+    }
+
+    /// Runs the pipelined data commands gathered in `group` at once and
+    /// encodes their replies in the order the client sent them.
+    async fn run_group(&mut self, group: &mut Group, last_cmd: &mut &'static str) {
+        if group.requests.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let proto = self.session.protocol;
+        let runs = group
+            .requests
+            .iter()
+            .map(|(request, _)| shared.data.execute(request.args(), proto, Origin::Client));
+        let outcomes = join_all(runs).await;
+        for ((request, name), (reply, wrote)) in group.requests.drain(..).zip(outcomes) {
+            encode(&reply, proto, &mut self.output);
+            if wrote.is_some() {
+                self.pending_durable = self.pending_durable.max(wrote);
+            }
+            self.parser.recycle(request);
+            *last_cmd = name;
+        }
+        group.keys.clear();
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

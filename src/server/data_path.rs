@@ -238,6 +238,13 @@ impl DataPath {
         (reply, None)
     }
 
+    /// Whether this node serves data as part of a cluster of several (and
+    /// not on the single-node fast path).
+    pub fn is_clustered(&self) -> bool {
+        self.refresh();
+        !self.alone.load(Relaxed)
+    }
+
     /// A command on the one key `args[1]`: forward it, or coordinate it here.
     async fn one_key(
         &self,
@@ -269,6 +276,12 @@ impl DataPath {
     }
 
     async fn coordinate(&self, key: &Bytes, args: &[Bytes], class: Class) -> Result<Reply> {
+        if class == Class::ReadFirst && args[0].eq_ignore_ascii_case(b"get") {
+            // The hot read: answer from the quorum's merge; read repair
+            // (this replica included) follows once every owner answered.
+            let set = self.quorum_read(key).await?;
+            return Ok(self.keyspace.get_reply(&set));
+        }
         if class == Class::ReadFirst {
             let set = self.quorum_read(key).await?;
             if !set.is_empty() {
@@ -312,12 +325,13 @@ impl DataPath {
         }
     }
 
-    /// A quorum write of `set` (already in the local replica) for `key`.
+    /// A quorum write of `set` for `key`, already durable in the local
+    /// replica (which counts as the first acknowledgement).
     async fn quorum_write(&self, key: &[u8], set: SiblingSet) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         let effects = {
             let mut c = self.coordinator.lock();
-            let (id, effects) = c.begin_write(key.to_vec(), set, self.now())?;
+            let (id, effects) = c.begin_write_stored(key.to_vec(), set, self.now())?;
             self.waiting.lock().insert(id, tx);
             effects
         };

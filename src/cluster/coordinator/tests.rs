@@ -1265,3 +1265,50 @@ fn membership_views_drive_routing() {
         .expect("small");
     assert!(matches!(effects[..], [Effect::StoreLocal { .. }]));
 }
+
+#[test]
+fn a_write_already_stored_here_counts_the_local_copy_and_asks_only_the_others() {
+    let (mut coord, ids) = lone(0);
+    let (id, effects) = coord
+        .begin_write_stored(KEY.as_bytes().to_vec(), one_version("v"), Millis(0))
+        .expect("small");
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::StoreLocal { .. })),
+        "no second local store: {effects:?}"
+    );
+    let puts = put_of(&effects);
+    assert_eq!(puts.len(), 2, "the other two owners");
+    assert!(puts.iter().all(|(to, _)| *to != ids[0]));
+    // W=2: the local copy plus one owner.
+    let ok = Message::PutAck(PutAck {
+        id,
+        outcome: Ok(()),
+    });
+    assert_eq!(
+        coord.on_reply(ids[2], ok, Millis(1)),
+        vec![Effect::Reply {
+            id,
+            result: Ok(Answer::Written)
+        }]
+    );
+}
+
+#[test]
+fn with_w_1_a_write_already_stored_here_is_answered_at_once() {
+    let (coord, ids) = lone(0);
+    let config = QuorumConfig {
+        write_quorum: 1,
+        ..QuorumConfig::default()
+    };
+    let mut coord = Coordinator::new(ids[0], coord.ring().clone(), config).expect("a valid config");
+    let (id, effects) = coord
+        .begin_write_stored(KEY.as_bytes().to_vec(), one_version("v"), Millis(0))
+        .expect("small");
+    assert!(effects.contains(&Effect::Reply {
+        id,
+        result: Ok(Answer::Written)
+    }));
+    assert_eq!(put_of(&effects).len(), 2, "the others still get the set");
+}

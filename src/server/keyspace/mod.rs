@@ -299,6 +299,20 @@ impl Keyspace {
         }
     }
 
+    /// `GET`'s answer for a sibling set read elsewhere (the cluster's quorum
+    /// read): nil, the one live value, or the live siblings in the set's
+    /// order, exactly as `GET` answers from this replica. Counts a hit or a
+    /// miss.
+    pub fn get_reply(&self, set: &crate::version::SiblingSet) -> Reply {
+        let mut values: Vec<Bytes> = set.live_values(now_ms()).cloned().collect();
+        strings::count_lookup(&self.shared, !values.is_empty());
+        match values.len() {
+            0 => Reply::Null,
+            1 => Reply::Bulk(values.remove(0)),
+            _ => Reply::Array(values.into_iter().map(Reply::Bulk).collect()),
+        }
+    }
+
     /// Waits until every write up to `seq` is on disk (group commit: one
     /// fsync serves all writers waiting meanwhile). Runs on a blocking thread.
     pub async fn wait_durable(&self, seq: SeqNo) -> Result<()> {
