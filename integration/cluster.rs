@@ -187,6 +187,70 @@ fn a_pipeline_through_a_cluster_node_answers_in_order_and_keeps_per_key_order() 
 }
 
 #[test]
+fn with_two_owners_down_writes_and_reads_go_to_fallbacks_and_hints_reach_the_owners() {
+    // Sloppy quorum both ways: with two of a key's three owners down, W=2
+    // and R=2 are met by the surviving owner and a fallback (which keeps the
+    // write as a durable hint and answers reads from it). The hint survives
+    // a SIGKILL of the fallback holding it and reaches the owners once they
+    // are back.
+    let mut c = Cluster::start(5);
+    let key = "sloppy";
+    let owners = c.owners(1, key);
+    let (alive, down) = (owners[0], [owners[1], owners[2]]);
+    let others: Vec<usize> = c
+        .numbers()
+        .into_iter()
+        .filter(|n| !owners.contains(n))
+        .collect();
+    for n in down {
+        c.kill(n);
+    }
+    let survivors: Vec<usize> = c
+        .numbers()
+        .into_iter()
+        .filter(|n| !down.contains(n))
+        .collect();
+    c.wait_status(&survivors, &down, "down");
+    c.set(alive, key, "kept-by-hints");
+    assert_eq!(c.get(alive, key), ["kept-by-hints"], "an R=2 read with two owners down");
+    for &n in &others {
+        assert_eq!(c.get(n, key), ["kept-by-hints"], "through node {n}");
+    }
+    // The hints are on the fallbacks, durable: SIGKILL them and bring them back.
+    let held: Vec<usize> = others
+        .iter()
+        .copied()
+        .filter(|&n| match c.cmd(n, &["CLUSTER", "HINTS"]) {
+            Ok(redis::Value::Array(rows)) => !rows.is_empty(),
+            _ => false,
+        })
+        .collect();
+    assert!(!held.is_empty(), "no fallback holds a hint");
+    for &n in &held {
+        c.kill(n);
+        c.restart(n);
+    }
+    for n in down {
+        c.restart(n);
+    }
+    c.wait_all_up();
+    // Every hint is handed off and deleted...
+    for &n in &held {
+        eventually(&format!("node {n} hands its hints off"), CONVERGE, || {
+            match c.cmd(n, &["CLUSTER", "HINTS"]) {
+                Ok(redis::Value::Array(rows)) if rows.is_empty() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+    // ... and the two owners that were down have the value on their own:
+    // without the third owner, an R=2 read asks exactly them.
+    c.kill(alive);
+    c.wait_status(&[down[0]], &[alive], "down");
+    assert_eq!(c.get(down[0], key), ["kept-by-hints"]);
+}
+
+#[test]
 fn five_nodes_serve_every_key_through_every_node() {
     let c = Cluster::start(5);
     let key = |i: usize| format!("key-{i}");

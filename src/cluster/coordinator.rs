@@ -25,8 +25,9 @@
 //!    naming the owner (sloppy quorum). The client gets `Ok` after `W`
 //!    acknowledgements, [`QuorumError::Unavailable`] as soon as `W` can no
 //!    longer be reached, [`QuorumError::Timeout`] at the deadline.
-//! 3. **Read** ([`Coordinator::begin_read`]). `Get` to every healthy owner,
-//!    the coordinator's own replica as [`Effect::ReadLocal`]. After `R`
+//! 3. **Read** ([`Coordinator::begin_read`]). `Get` to every healthy owner
+//!    (a fallback in place of a down one), the coordinator's own replica as
+//!    [`Effect::ReadLocal`]. After `R`
 //!    answers the client gets their [`SiblingSet::merge`]; the coordinator
 //!    keeps collecting until every owner answered or the deadline, then
 //!    plans read repair ([`super::read_repair::plan_read_repair`]) over all
@@ -57,11 +58,14 @@
 //!   its Merkle trees and anti-entropy cover owned partitions only). It hands
 //!   `(owner, key, set)` to a [`HintStore`], which must make the hint durable
 //!   before the `Put` is acknowledged and replays it when the owner is back
-//!   (the hints module). Consequently reads ask owners only: hinted copies
-//!   are not read, as in Riak's fallback vnodes before handoff. A write
-//!   acknowledged partly by fallbacks may therefore be missed by an `R`
-//!   read until the hints are handed off or read repair or anti-entropy
-//!   catch up; sloppy quorums never promised read-your-writes (Dynamo §4.6).
+//!   (the hints module). Reads are sloppy too: a down owner's place in a
+//!   read goes to the next healthy fallback, which answers from the hints
+//!   it holds for the key (nothing, if it holds none), so a read needs `R`
+//!   healthy nodes among the preference list, not `R` healthy owners. Only
+//!   owners get read repair. A write acknowledged partly by fallbacks may
+//!   still be missed by an `R` read that asks other fallbacks, until the
+//!   hints are handed off or read repair or anti-entropy catch up; sloppy
+//!   quorums never promised read-your-writes (Dynamo §4.6).
 //! - **Hedged fallbacks.** Dynamo replaces a replica that membership shows
 //!   as failed. Here a replica that has not answered within
 //!   `fallback_after_ms` also gets a fallback (the original request stays
@@ -380,6 +384,9 @@ enum AttemptState {
 struct ReadOp {
     key: Vec<u8>,
     partition: PartitionId,
+    /// The key's owners: only they get read repair (a fallback keeps
+    /// hints, not replicas).
+    owners: Vec<NodeId>,
     needed: usize,
     deadline: Millis,
     pending: BTreeSet<NodeId>,
@@ -655,13 +662,25 @@ impl Coordinator {
         self.stats.reads += 1;
         let partition = self.ring.partition_for_key(&key);
         let needed = self.quorum(self.config.read_quorum);
-        let mut asked: Vec<NodeId> = self
+        // Each healthy owner, or the next healthy fallback standing in for
+        // a down one (sloppy quorum: a fallback answers from the hints it
+        // holds for the key).
+        let owners: Vec<NodeId> = self.ring.owners(partition).to_vec();
+        let mut spares: VecDeque<NodeId> = self
             .ring
-            .owners(partition)
+            .fallbacks(partition)
             .iter()
             .copied()
-            .filter(|&n| self.healthy(n))
+            .filter(|&n| n != self.me && self.healthy(n))
             .collect();
+        let mut asked: Vec<NodeId> = Vec::with_capacity(owners.len());
+        for &owner in &owners {
+            if self.healthy(owner) {
+                asked.push(owner);
+            } else if let Some(fallback) = spares.pop_front() {
+                asked.push(fallback);
+            }
+        }
         if asked.len() < needed {
             self.stats.unavailable += 1;
             let result = Err(QuorumError::Unavailable {
@@ -697,6 +716,7 @@ impl Coordinator {
         let op = ReadOp {
             key,
             partition,
+            owners,
             needed,
             deadline,
             pending: asked.into_iter().collect(),
@@ -865,6 +885,9 @@ impl Coordinator {
         let answers: Vec<(NodeId, Option<&SiblingSet>)> =
             op.answers.iter().map(|(n, s)| (*n, s.as_ref())).collect();
         for (to, need) in plan_read_repair(&answers, &merged) {
+            if !op.owners.contains(&to) {
+                continue;
+            }
             self.stats.read_repairs += 1;
             let id = self.fresh_id();
             effects.push(Effect::Repair {

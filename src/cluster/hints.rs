@@ -870,6 +870,25 @@ impl<L: HintLog> HintStore<L> {
             .collect()
     }
 
+    /// The merge of every hint held for `key`, whatever its target: what
+    /// this node knows of a key it does not own, for a sloppy-quorum read
+    /// that asked it in place of a down owner. `None` if no hint holds the
+    /// key. A corrupt record is skipped (and reported by the next replay).
+    pub fn hinted_set(&self, partition: PartitionId, key: &[u8]) -> Result<Option<SiblingSet>> {
+        let targets: Vec<NodeId> = self.pending.lock().keys().copied().collect();
+        let mut merged: Option<SiblingSet> = None;
+        for target in targets {
+            let log_key = Bytes::from(hint_log_key(target, partition, key));
+            let Some(value) = self.log.get(&log_key)? else {
+                continue;
+            };
+            if let Ok(hint) = self.read_entry(log_key, value) {
+                merged.get_or_insert_with(SiblingSet::new).merge(&hint.siblings);
+            }
+        }
+        Ok(merged)
+    }
+
     /// Hints pending for one target.
     pub fn pending_for(&self, target: NodeId) -> Pending {
         self.pending

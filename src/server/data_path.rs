@@ -62,7 +62,8 @@
 //! and acknowledges once it is durable under the node's fsync policy; a
 //! `Put` with a hint for another owner goes to the durable hint store
 //! instead (fsynced before the acknowledgement). `Get` answers with the
-//! stored set. `Forward` runs the command through [`DataPath::execute`] as
+//! stored set, or, on a node that does not own the key (a fallback asked in
+//! place of a down owner), with the merge of the hints it holds for the key. `Forward` runs the command through [`DataPath::execute`] as
 //! its coordinator. None of them takes the coordinator's lock.
 //!
 //! # Concurrency
@@ -639,8 +640,16 @@ impl DataPath {
             }
             Message::Get(req) => {
                 self.counters.gets_served.fetch_add(1, Relaxed);
-                let store = ReplicaStore::new(self.replica());
-                let reply: GetReply = serve_get(self.partitions, &req, &store);
+                let reply: GetReply = if self.owns(&req.key) {
+                    serve_get(self.partitions, &req, &ReplicaStore::new(self.replica()))
+                } else {
+                    // Asked in place of a down owner: answer from the hints.
+                    let hinted = HintedStore {
+                        hints: &self.hints,
+                        partition: req.partition,
+                    };
+                    serve_get(self.partitions, &req, &hinted)
+                };
                 Box::pin(std::future::ready(Some(Bytes::from(
                     Message::GetReply(reply).encode(),
                 ))))
@@ -774,6 +783,13 @@ impl DataPath {
         self.keyspace.replica()
     }
 
+    /// Whether this node is one of `key`'s owners by its ring.
+    fn owns(&self, key: &[u8]) -> bool {
+        let c = self.coordinator.lock();
+        let ring = c.ring();
+        ring.owners(ring.partition_for_key(key)).contains(&self.me)
+    }
+
     fn addr_of(&self, node: NodeId) -> Option<SocketAddr> {
         self.addrs.read().get(&node).copied()
     }
@@ -833,6 +849,23 @@ impl LocalStore for ReplicaStore<'_> {
     fn merge(&mut self, key: &[u8], set: &SiblingSet) -> Result<()> {
         self.wrote = self.replica.merge_remote(Key::new(key), set.clone())?;
         Ok(())
+    }
+}
+
+/// The hints held here for a key this node does not own, read as a
+/// replica would be (a sloppy-quorum read of a fallback). Never written.
+struct HintedStore<'a> {
+    hints: &'a HintStore,
+    partition: PartitionId,
+}
+
+impl LocalStore for HintedStore<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<SiblingSet>> {
+        self.hints.hinted_set(self.partition, key)
+    }
+
+    fn merge(&mut self, _key: &[u8], _set: &SiblingSet) -> Result<()> {
+        Err(Error::invalid("a fallback keeps hints, not replicas"))
     }
 }
 

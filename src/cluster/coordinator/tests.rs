@@ -1312,3 +1312,61 @@ fn with_w_1_a_write_already_stored_here_is_answered_at_once() {
     }));
     assert_eq!(put_of(&effects).len(), 2, "the others still get the set");
 }
+
+#[test]
+fn a_read_with_owners_down_asks_fallbacks_in_their_place_and_repairs_only_owners() {
+    let c = Cluster::new(5, 0);
+    let pref: Vec<NodeId> = c.preference(KEY).iter().map(|&n| c.id(n)).collect();
+    let mut coord = Coordinator::new(
+        pref[0],
+        c.nodes[0].coord.ring().clone(),
+        QuorumConfig::default(),
+    )
+    .expect("a valid config");
+    coord.set_status(pref[1], Status::Down);
+    coord.set_status(pref[2], Status::Down);
+    let (id, effects) = coord.begin_read(KEY.as_bytes().to_vec(), Millis(0));
+    assert!(matches!(effects[0], Effect::ReadLocal { .. }), "{effects:?}");
+    let asked: Vec<NodeId> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send {
+                to,
+                msg: Message::Get(_),
+            } => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [pref[3], pref[4]], "both fallbacks, in order");
+    // The fallback has an older value (from a hint), the owner a newer one.
+    let older = one_version("old");
+    let mut newer = older.clone();
+    newer.overwrite(ActorId(8), payload("new"), None, 1);
+    assert!(coord.on_local_read(id, Ok(Some(newer.clone()))).is_empty());
+    let mut encoded = Vec::new();
+    older.encode(&mut encoded);
+    let reply = Message::GetReply(GetReply {
+        id,
+        outcome: Ok(Some(encoded)),
+    });
+    let done = coord.on_reply(pref[3], reply, Millis(1));
+    assert_eq!(
+        done,
+        vec![Effect::Reply {
+            id,
+            result: Ok(Answer::Read(newer))
+        }]
+    );
+    // The last fallback answers: the read ends, and the stale fallback gets
+    // no repair (it keeps hints, not replicas).
+    let last = Message::GetReply(GetReply {
+        id,
+        outcome: Ok(None),
+    });
+    let after = coord.on_reply(pref[4], last, Millis(2));
+    assert!(
+        !after.iter().any(|e| matches!(e, Effect::Repair { .. })),
+        "{after:?}"
+    );
+    assert_eq!(coord.in_flight(), 0);
+}
