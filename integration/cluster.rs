@@ -212,7 +212,11 @@ fn with_two_owners_down_writes_and_reads_go_to_fallbacks_and_hints_reach_the_own
         .collect();
     c.wait_status(&survivors, &down, "down");
     c.set(alive, key, "kept-by-hints");
-    assert_eq!(c.get(alive, key), ["kept-by-hints"], "an R=2 read with two owners down");
+    assert_eq!(
+        c.get(alive, key),
+        ["kept-by-hints"],
+        "an R=2 read with two owners down"
+    );
     for &n in &others {
         assert_eq!(c.get(n, key), ["kept-by-hints"], "through node {n}");
     }
@@ -236,12 +240,14 @@ fn with_two_owners_down_writes_and_reads_go_to_fallbacks_and_hints_reach_the_own
     c.wait_all_up();
     // Every hint is handed off and deleted...
     for &n in &held {
-        eventually(&format!("node {n} hands its hints off"), CONVERGE, || {
-            match c.cmd(n, &["CLUSTER", "HINTS"]) {
+        eventually(
+            &format!("node {n} hands its hints off"),
+            CONVERGE,
+            || match c.cmd(n, &["CLUSTER", "HINTS"]) {
                 Ok(redis::Value::Array(rows)) if rows.is_empty() => Ok(()),
                 other => Err(format!("{other:?}")),
-            }
-        });
+            },
+        );
     }
     // ... and the two owners that were down have the value on their own:
     // without the third owner, an R=2 read asks exactly them.

@@ -40,6 +40,60 @@ pub fn repr(bytes: &[u8], out: &mut String) {
     out.push('"');
 }
 
+/// An array of rows of scalars as an aligned table under `headers`, for
+/// the REPL's `CLUSTER PREFLIST`/`HINTS`; `None` if `value` is not such an
+/// array (an error, say), which is then printed as usual. An empty array
+/// prints `(empty table)`.
+pub fn format_table(headers: &[&str], value: &Value) -> Option<String> {
+    let Value::Array(rows) = value else {
+        return None;
+    };
+    if rows.is_empty() {
+        return Some("(empty table)\n".to_string());
+    }
+    let mut cells: Vec<Vec<String>> = vec![headers.iter().map(|h| h.to_string()).collect()];
+    for row in rows {
+        let Value::Array(fields) = row else {
+            return None;
+        };
+        let mut line = Vec::with_capacity(fields.len());
+        for field in fields {
+            line.push(match field {
+                Value::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+                Value::Status(s) => s.clone(),
+                Value::Integer(n) => n.to_string(),
+                Value::Nil => String::new(),
+                _ => return None,
+            });
+        }
+        cells.push(line);
+    }
+    let columns = cells.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            cells
+                .iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &cells {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < row.len() {
+                let pad = widths[c] - cell.chars().count() + 2;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    Some(out)
+}
+
 /// The human form of `value`, ending in a newline.
 pub fn format_tty(value: &Value) -> String {
     let mut out = String::new();
@@ -328,6 +382,27 @@ mod tests {
             format_tty(&docs),
             "1# \"get\" => \n   1# \"summary\" => \"Get the value of a key\"\n   2# \"arguments\" => \n      1) 1# \"name\" => \"key\"\n         2# \"type\" => \"key\"\n"
         );
+    }
+
+    #[test]
+    fn cluster_tables_align_their_columns_under_headers() {
+        let row = |a: &str, b: i64| {
+            Value::Array(vec![bulk(a), Value::Integer(b), Value::Status("up".into())])
+        };
+        let table = format_table(
+            &["NODE", "N", "STATUS"],
+            &Value::Array(vec![row("abc", 7), row("a", 12345)]),
+        )
+        .expect("a table");
+        assert_eq!(
+            table,
+            "NODE  N      STATUS\nabc   7      up\na     12345  up\n"
+        );
+        assert_eq!(
+            format_table(&["X"], &Value::Array(vec![])).as_deref(),
+            Some("(empty table)\n")
+        );
+        assert_eq!(format_table(&["X"], &Value::Error("ERR no".into())), None);
     }
 
     #[test]

@@ -280,6 +280,25 @@ pub fn prints_raw_text(args: &[Bytes]) -> bool {
     }
 }
 
+/// Column names for the `CLUSTER` replies that are tables (one row per
+/// node or target), shown aligned in the REPL's human mode.
+fn table_headers(args: &[Bytes]) -> Option<&'static [&'static str]> {
+    let is = |i: usize, w: &str| {
+        args.get(i)
+            .is_some_and(|a| a.eq_ignore_ascii_case(w.as_bytes()))
+    };
+    if !is(0, "cluster") {
+        return None;
+    }
+    if is(1, "preflist") && args.len() == 3 {
+        Some(&["NODE", "CLIENT", "PEER", "ROLE", "STATUS", "PARTITION"])
+    } else if is(1, "hints") && args.len() == 2 {
+        Some(&["TARGET", "HINTS", "BYTES", "STATUS"])
+    } else {
+        None
+    }
+}
+
 /// Print the reply to `args` in the chosen output mode.
 pub fn print_reply(
     args: &[Bytes],
@@ -287,6 +306,11 @@ pub fn print_reply(
     raw: bool,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
+    if let (false, Some(headers)) = (raw, table_headers(args)) {
+        if let Some(table) = format::format_table(headers, value) {
+            return out.write_all(table.as_bytes());
+        }
+    }
     if prints_raw_text(args) {
         // As redis-cli: the raw form without the newline raw mode adds (the
         // text ends in its own).

@@ -883,7 +883,9 @@ impl<L: HintLog> HintStore<L> {
                 continue;
             };
             if let Ok(hint) = self.read_entry(log_key, value) {
-                merged.get_or_insert_with(SiblingSet::new).merge(&hint.siblings);
+                merged
+                    .get_or_insert_with(SiblingSet::new)
+                    .merge(&hint.siblings);
             }
         }
         Ok(merged)

@@ -1326,7 +1326,10 @@ fn a_read_with_owners_down_asks_fallbacks_in_their_place_and_repairs_only_owners
     coord.set_status(pref[1], Status::Down);
     coord.set_status(pref[2], Status::Down);
     let (id, effects) = coord.begin_read(KEY.as_bytes().to_vec(), Millis(0));
-    assert!(matches!(effects[0], Effect::ReadLocal { .. }), "{effects:?}");
+    assert!(
+        matches!(effects[0], Effect::ReadLocal { .. }),
+        "{effects:?}"
+    );
     let asked: Vec<NodeId> = effects
         .iter()
         .filter_map(|e| match e {
