@@ -213,6 +213,24 @@ pub struct Config {
     /// Bytes per second of hints a node replays to replicas that came back,
     /// all of them together; `0` means unlimited. Default `4194304` (4 MiB/s).
     pub handoff_bytes_per_sec: u64,
+    /// Milliseconds between the periodic anti-entropy rounds, in which this
+    /// node compares the Merkle tree of every partition it owns with another
+    /// owner's; `0` turns the periodic rounds off (`CLUSTER REPAIR` still
+    /// runs one). Default `10000` (10 s).
+    pub anti_entropy_interval_ms: u64,
+    /// Bytes per second anti-entropy may move (sent and received, plus what
+    /// its scans read from storage), for this node as a whole; `0` means
+    /// unlimited. Default `8388608` (8 MiB/s).
+    pub anti_entropy_bytes_per_sec: u64,
+    /// Bytes per second this node streams to other nodes when a join or a
+    /// leave moves partitions (all streams together, counted once per
+    /// target); `0` means unlimited. Default `33554432` (32 MiB/s).
+    pub stream_bytes_per_sec: u64,
+    /// Age after which a deleted key's tombstone may be purged by compaction
+    /// (and only once every replica of its partition is known to have it),
+    /// in milliseconds. Default `864000000` (10 days, like Cassandra's
+    /// `gc_grace_seconds`).
+    pub tombstone_grace_ms: u64,
 }
 
 impl Default for Config {
@@ -245,6 +263,10 @@ impl Default for Config {
             request_timeout_ms: 1000,
             hint_window_ms: 3 * 3600 * 1000,
             handoff_bytes_per_sec: 4 << 20,
+            anti_entropy_interval_ms: 10_000,
+            anti_entropy_bytes_per_sec: 8 << 20,
+            stream_bytes_per_sec: 32 << 20,
+            tombstone_grace_ms: 10 * 24 * 3600 * 1000,
         }
     }
 }
@@ -289,7 +311,11 @@ impl Config {
             join,
             request_timeout_ms,
             hint_window_ms,
-            handoff_bytes_per_sec
+            handoff_bytes_per_sec,
+            anti_entropy_interval_ms,
+            anti_entropy_bytes_per_sec,
+            stream_bytes_per_sec,
+            tombstone_grace_ms
         );
         macro_rules! take_opt {
             ($($field:ident),*) => { $( if f.$field.is_some() { self.$field = f.$field.clone(); } )* };
@@ -324,7 +350,11 @@ impl Config {
             log_level,
             request_timeout_ms,
             hint_window_ms,
-            handoff_bytes_per_sec
+            handoff_bytes_per_sec,
+            anti_entropy_interval_ms,
+            anti_entropy_bytes_per_sec,
+            stream_bytes_per_sec,
+            tombstone_grace_ms
         );
         if let Some(v) = &c.fsync {
             self.fsync = v.parse()?;
@@ -485,6 +515,10 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16)> {
 /// request-timeout-ms = 1000
 /// hint-window-ms = 10800000
 /// handoff-bytes-per-sec = 4194304
+/// tombstone-grace-ms = 864000000
+/// anti-entropy-interval-ms = 10000
+/// anti-entropy-bytes-per-sec = 8388608
+/// stream-bytes-per-sec = 33554432
 /// ```
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -516,6 +550,10 @@ pub struct FileConfig {
     pub request_timeout_ms: Option<u64>,
     pub hint_window_ms: Option<u64>,
     pub handoff_bytes_per_sec: Option<u64>,
+    pub anti_entropy_interval_ms: Option<u64>,
+    pub anti_entropy_bytes_per_sec: Option<u64>,
+    pub stream_bytes_per_sec: Option<u64>,
+    pub tombstone_grace_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -632,6 +670,20 @@ pub struct CliArgs {
     /// Hint replay rate, bytes per second; 0 = unlimited [default: 4194304].
     #[arg(long, env = "RINGKV_HANDOFF_BYTES_PER_SEC", value_name = "BYTES")]
     pub handoff_bytes_per_sec: Option<u64>,
+    /// Age before a tombstone may be purged, in ms [default: 864000000 (10 days)].
+    #[arg(long, env = "RINGKV_TOMBSTONE_GRACE_MS", value_name = "MS")]
+    pub tombstone_grace_ms: Option<u64>,
+    /// Milliseconds between anti-entropy rounds; 0 = only on
+    /// `CLUSTER REPAIR` [default: 10000].
+    #[arg(long, env = "RINGKV_ANTI_ENTROPY_INTERVAL_MS", value_name = "MS")]
+    pub anti_entropy_interval_ms: Option<u64>,
+    /// Anti-entropy rate, bytes per second; 0 = unlimited [default: 8388608].
+    #[arg(long, env = "RINGKV_ANTI_ENTROPY_BYTES_PER_SEC", value_name = "BYTES")]
+    pub anti_entropy_bytes_per_sec: Option<u64>,
+    /// Join/leave partition streaming rate, bytes per second; 0 = unlimited
+    /// [default: 33554432].
+    #[arg(long, env = "RINGKV_STREAM_BYTES_PER_SEC", value_name = "BYTES")]
+    pub stream_bytes_per_sec: Option<u64>,
 }
 
 #[cfg(test)]

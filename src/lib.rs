@@ -22,13 +22,18 @@
 //!   logic, property-tested.
 //! - [`cluster`]: the ring (partitions, preference lists), membership and gossip,
 //!   the quorum coordinator, read-repair planning, Merkle trees and
-//!   anti-entropy sessions, and the durable hint store. State machines that
+//!   anti-entropy sessions, the durable hint store, and join/leave
+//!   rebalancing plans (which partitions stream where). State machines that
 //!   consume messages and ticks and produce messages and effects; no sockets.
-//!   (Today only membership is driven by the server; the data path is next.)
+//!   The server drives every one of them; tests drive them in simulations.
 //! - [`server`]: the only async and network layer: the client listener and
 //!   connection loop, command dispatch, the versioned keyspace over the storage
-//!   engine, background tasks (active expiry), the internode transport
-//!   (`server::peer`), the gossip driver (`server::cluster_node`), and shutdown.
+//!   engine (with its per-partition Merkle trees), background tasks (active
+//!   expiry), the internode transport (`server::peer`), the gossip driver
+//!   (`server::cluster_node`), the data path that routes, replicates and
+//!   answers with quorums (`server::data_path`), hinted handoff
+//!   (`server::handoff`), anti-entropy (`server::anti_entropy`), join/leave
+//!   streaming (`server::rebalance`), and shutdown.
 //! - [`client`]: a small async RESP client used by the REPL, tools and tests.
 //! - [`cli`]: the `ringkv-cli` REPL: redis-cli-compatible output, hints from
 //!   `COMMAND DOCS`, and the sibling display and `:resolve` helper.

@@ -11,7 +11,8 @@
 //! Nodes are numbered from 1, as a test reads ("SET through node 1"). The
 //! test can kill (SIGKILL), restart (same ports, same data directory), pause
 //! (SIGSTOP) and resume (SIGCONT) a node, wipe a stopped node's directory,
-//! and talk to any node through the `redis` crate. Signals go to the PIDs of
+//! add a node with the same flags ([`Cluster::add_node`]), and talk to any
+//! node through the `redis` crate. Signals go to the PIDs of
 //! the children this harness started, nothing else; every child is killed on
 //! drop.
 //!
@@ -597,6 +598,60 @@ impl Cluster {
         assert!(node.child.is_none(), "kill node {number} before wiping it");
         fs::remove_dir_all(&node.dir).expect("remove a node's data dir");
         fs::create_dir_all(&node.dir).expect("recreate a node's data dir");
+    }
+
+    /// Starts one more node with the flags every node was built with,
+    /// joining through the first running node, and waits until it answers
+    /// `PING` (not for membership: see [`Cluster::wait_all_up`], which then
+    /// expects the new size). Returns its number.
+    pub fn add_node(&mut self) -> usize {
+        let number = self.size() + 1;
+        let seed = self
+            .numbers()
+            .into_iter()
+            .find(|&i| self.is_running(i))
+            .map(|i| self.node(i).port)
+            .expect("a running node to join through");
+        let root = self
+            .root
+            .as_ref()
+            .expect("the cluster's root directory")
+            .path()
+            .to_path_buf();
+        let (port, l1) = free_port();
+        let (peer_port, l2) = free_port();
+        let proxy = self
+            .net
+            .as_ref()
+            .map(|n| n.proxy(number, SocketAddr::from(([127, 0, 0, 1], peer_port))));
+        let dir = root.join(format!("node{number}"));
+        fs::create_dir_all(&dir).expect("create a node's data dir");
+        // Node 1's flags, with this node's directory and proxy port.
+        let mut args = self.node(1).args.clone();
+        let mut replace = |flag: &str, value: String| {
+            if let Some(i) = args.iter().position(|a| a == flag) {
+                args[i + 1] = value;
+            }
+        };
+        replace("--dir", dir.display().to_string());
+        if let Some(p) = &proxy {
+            replace("--peer-advertise-port", p.port().to_string());
+        }
+        drop((l1, l2));
+        self.nodes.push(Node {
+            number,
+            port,
+            peer_port,
+            proxy,
+            dir,
+            log: root.join(format!("node{number}.log")),
+            args,
+            log_start: 0,
+            child: None,
+            id: String::new(),
+        });
+        self.start_node(number, Some(seed));
+        number
     }
 }
 

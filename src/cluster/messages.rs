@@ -50,6 +50,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::anti_entropy;
 use super::membership::{GossipMessage, GossipReject};
 use super::ring::{NodeId, PartitionId};
 use crate::error::{Error, Result};
@@ -218,6 +219,55 @@ pub struct ForwardReply {
     pub reply: Vec<u8>,
 }
 
+/// The answer to [`Message::AntiEntropy`]: the responder's next message of
+/// the session, or `None` when the session ended on its side without one
+/// (after the initiator's last message). Anti-entropy sessions travel as
+/// request/response because the transport is one-directional: the dialer
+/// asks, the acceptor answers (see `server::anti_entropy`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiEntropyReply {
+    /// The responder's message, if it has one.
+    pub msg: Option<anti_entropy::Msg>,
+}
+
+/// One chunk of a partition streamed to a new owner on join or leave (a
+/// request; see `server::rebalance`). The receiver merges every set into
+/// its replica (never stores blindly), makes the merge durable, and answers
+/// [`StreamAck`]. Chunks of one stream are numbered from 0 and sent one at a
+/// time; the sender drops its copy only after every owner acknowledged the
+/// chunk marked `last`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamChunk {
+    /// Repeated in the [`StreamAck`].
+    pub id: RequestId,
+    /// The partition every key of the chunk belongs to (checked).
+    pub partition: PartitionId,
+    /// The chunk's number in its stream, from 0.
+    pub seq: u64,
+    /// Keys in ascending order with their whole sibling sets.
+    pub entries: Vec<StreamEntry>,
+    /// The partition ends with this chunk (it may be empty).
+    pub last: bool,
+}
+
+/// One key of a [`StreamChunk`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEntry {
+    pub key: Vec<u8>,
+    /// The key's sibling set, in the `version` module's encoding (exactly
+    /// the bytes the sender stores).
+    pub siblings: Vec<u8>,
+}
+
+/// The answer to a [`StreamChunk`]: `Ok(keys merged)` once every set of the
+/// chunk is merged and durable on the receiver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamAck {
+    /// The request answered.
+    pub id: RequestId,
+    pub outcome: Result<u64, RemoteError>,
+}
+
 /// Why a replica could not serve a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RemoteError {
@@ -260,6 +310,14 @@ pub enum Message {
     Forward(ForwardRequest),
     /// Answer to `Forward`.
     ForwardReply(ForwardReply),
+    /// One message of an anti-entropy session, from its initiator (a request).
+    AntiEntropy(anti_entropy::Msg),
+    /// Answer to `AntiEntropy`.
+    AntiEntropyReply(AntiEntropyReply),
+    /// A chunk of a partition handed to a new owner (join/leave).
+    StreamChunk(StreamChunk),
+    /// Answer to `StreamChunk`.
+    StreamAck(StreamAck),
 }
 
 impl Message {
@@ -308,6 +366,10 @@ impl Message {
             Message::GetReply(_) => "get-reply",
             Message::Forward(_) => "forward",
             Message::ForwardReply(_) => "forward-reply",
+            Message::AntiEntropy(_) => "anti-entropy",
+            Message::AntiEntropyReply(_) => "anti-entropy-reply",
+            Message::StreamChunk(_) => "stream-chunk",
+            Message::StreamAck(_) => "stream-ack",
         }
     }
 }
@@ -451,7 +513,99 @@ mod tests {
                     }
                 )),
             (id, bytes()).prop_map(|(id, reply)| Message::ForwardReply(ForwardReply { id, reply })),
+            anti_entropy_msg().prop_map(Message::AntiEntropy),
+            prop::option::of(anti_entropy_msg())
+                .prop_map(|msg| Message::AntiEntropyReply(AntiEntropyReply { msg })),
+            (
+                any::<u64>().prop_map(RequestId),
+                any::<u32>(),
+                any::<u64>(),
+                prop::collection::vec((bytes(), bytes()), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(id, p, seq, entries, last)| Message::StreamChunk(
+                    StreamChunk {
+                        id,
+                        partition: PartitionId(p),
+                        seq,
+                        entries: entries
+                            .into_iter()
+                            .map(|(key, siblings)| StreamEntry { key, siblings })
+                            .collect(),
+                        last
+                    }
+                )),
+            (
+                any::<u64>().prop_map(RequestId),
+                prop::result::maybe_ok(any::<u64>(), remote_error())
+            )
+                .prop_map(|(id, outcome)| Message::StreamAck(StreamAck { id, outcome })),
         ]
+    }
+
+    fn anti_entropy_msg() -> impl Strategy<Value = anti_entropy::Msg> {
+        use crate::cluster::anti_entropy::{
+            Body, BucketKeys, KeyEntry, Msg, SessionId, VersionEntry,
+        };
+        use crate::cluster::merkle::{BucketIndex, KeyFingerprint, NodeHash, TreeShape};
+        let hash = any::<[u8; 32]>().prop_map(NodeHash);
+        let body = prop_oneof![
+            (any::<u8>(), 0u32..21, hash.clone()).prop_map(|(version, bits, root)| Body::Root {
+                version,
+                shape: TreeShape::new(1 << bits).unwrap_or_default(),
+                root,
+            }),
+            (
+                any::<u8>(),
+                prop::collection::vec(any::<u32>(), 0..4),
+                prop::collection::vec(hash, 0..4)
+            )
+                .prop_map(|(depth, parents, hashes)| Body::Level {
+                    depth,
+                    parents,
+                    hashes
+                }),
+            prop::collection::vec(
+                (
+                    any::<u32>(),
+                    prop::collection::vec((bytes(), any::<[u8; 16]>()), 0..3)
+                ),
+                0..3
+            )
+            .prop_map(|buckets| Body::BucketKeys {
+                buckets: buckets
+                    .into_iter()
+                    .map(|(b, entries)| BucketKeys {
+                        bucket: BucketIndex(b),
+                        entries: entries
+                            .into_iter()
+                            .map(|(key, f)| KeyEntry {
+                                key,
+                                fingerprint: KeyFingerprint(f)
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            }),
+            (
+                prop::collection::vec((bytes(), bytes()), 0..3),
+                prop::collection::vec(bytes(), 0..3)
+            )
+                .prop_map(|(entries, want)| Body::Versions {
+                    entries: entries
+                        .into_iter()
+                        .map(|(key, sibling_set)| VersionEntry { key, sibling_set })
+                        .collect(),
+                    want
+                }),
+            Just(Body::InSync),
+            ".*".prop_map(|reason| Body::Abort { reason }),
+        ];
+        (any::<u64>(), any::<u32>(), body).prop_map(|(session, partition, body)| Msg {
+            session: SessionId(session),
+            partition,
+            body,
+        })
     }
 
     proptest! {
@@ -539,5 +693,12 @@ mod tests {
             reply: vec![],
         });
         assert_eq!(reply.encode()[0], 9);
+        let ae = Message::AntiEntropyReply(AntiEntropyReply { msg: None });
+        assert_eq!(ae.encode()[0], 11);
+        let stream = Message::StreamAck(StreamAck {
+            id: RequestId(0),
+            outcome: Ok(0),
+        });
+        assert_eq!(stream.encode()[0], 13);
     }
 }

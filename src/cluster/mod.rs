@@ -28,9 +28,10 @@
 //! - [`read_repair`]: which replicas lack what after a quorum read.
 //! - [`hints`]: the durable hint store (on its own storage engine, behind a
 //!   narrow trait) and the throttled handoff planner.
+//! - [`rebalance`]: join and leave: which partitions a node streams to
+//!   which new owners, and when it may drop one.
 //!
-//! None of these is wired to the network yet: the server drives only the
-//! single-node keyspace today. Rebalancing (join/leave streaming) is to come.
+//! The server drives each of them over the real transport (`server::*`).
 
 pub mod anti_entropy;
 pub mod coordinator;
@@ -39,6 +40,7 @@ pub mod membership;
 pub mod merkle;
 pub mod messages;
 pub mod read_repair;
+pub mod rebalance;
 pub mod ring;
 pub mod sim;
 

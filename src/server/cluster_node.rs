@@ -71,7 +71,9 @@
 //! Data-path messages (`Put`, `Get`, `Forward`) arriving on the peer port go
 //! to the [`DataPath`] the server attached ([`ClusterNode::attach_data_path`]);
 //! before it is attached they are counted (`peer_unserved_messages`) and
-//! dropped. The data path follows the membership through a
+//! dropped. Partition stream chunks (join/leave) go to the attached
+//! [`Rebalance`] ([`ClusterNode::attach_rebalance`]) the same way. The data
+//! path follows the membership through a
 //! [`ClusterHandle`]: a view version that moves on every ring or status
 //! change tells it when to re-read the member list.
 //!
@@ -91,7 +93,13 @@
 //! # Commands
 //!
 //! `CLUSTER NODES | INFO | MEET host port | FORGET node-id | LEAVE |
-//! PREFLIST key | PARTITIONS | HINTS | MYID | MYPEERADDR | HELP`. Unknown
+//! PREFLIST key | PARTITIONS | HINTS | REPAIR [partition] |
+//! MERKLE [partition] | MYID | MYPEERADDR | HELP`. `REPAIR` and `MERKLE`
+//! belong to anti-entropy ([`AntiEntropy`]): `MERKLE` is answered here
+//! through the attached service, `REPAIR` by dispatch, because it waits for
+//! its sessions (the commands here answer synchronously). Anti-entropy
+//! messages on the peer port go to that service too
+//! ([`ClusterNode::attach_anti_entropy`]). Unknown
 //! subcommands and wrong arities are answered by dispatch, in Redis 7's
 //! words (`ERR unknown subcommand 'x'. Try CLUSTER HELP.`).
 
@@ -110,9 +118,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::anti_entropy::AntiEntropy;
 use super::data_path::DataPath;
 use super::dispatch::Ctx;
 use super::peer::{ClusterSecret, Handler, PeerClient, PeerConfig, PeerInfo, PeerListener};
+use super::rebalance::Rebalance;
 use crate::client::{Client, ConnectOptions, Value};
 use crate::cluster::membership::{
     ClusterSettings, Effect, GossipConfig, Incarnation, LocalNode, Member, Membership, Millis,
@@ -149,6 +159,8 @@ pub enum ClusterCmd {
     Preflist,
     Partitions,
     Hints,
+    Repair,
+    Merkle,
     MyId,
     MyPeerAddr,
     Help,
@@ -167,7 +179,9 @@ pub const CLUSTER_HELP: &[&str] = &[
     "FORGET <node-id>",
     "    Remove a member (a tombstone is gossiped; a restart of it rejoins).",
     "LEAVE",
-    "    Leave the cluster: this node gives up its partitions until it restarts.",
+    "    Leave the cluster: this node gives up its partitions until it restarts",
+    "    and streams its data to their owners; stop it once INFO cluster shows",
+    "    rebalance_partitions_held:0.",
     "PREFLIST <key>",
     "    The N nodes that own <key>, then its fallbacks, one row each:",
     "    id, client address, peer address, owner|fallback, status, partition.",
@@ -176,6 +190,12 @@ pub const CLUSTER_HELP: &[&str] = &[
     "HINTS",
     "    Hints held here for replicas that were down, one row each:",
     "    target id, hints, bytes, target status.",
+    "REPAIR [<partition>]",
+    "    Run anti-entropy now for <partition> (default: every partition this node",
+    "    owns) with every other live owner; answers a summary when done.",
+    "MERKLE [<partition>]",
+    "    The Merkle root of <partition> on this node (hex), or one",
+    "    '<partition> <root>' line per partition this node owns.",
     "MYID",
     "    This node's id.",
     "MYPEERADDR",
@@ -241,6 +261,11 @@ struct Core {
     /// The data path, once the server has built it: `Put`, `Get` and
     /// `Forward` messages go there.
     data: std::sync::OnceLock<Arc<DataPath>>,
+    /// Anti-entropy, once the server has started it: its messages go there.
+    anti_entropy: std::sync::OnceLock<Arc<AntiEntropy>>,
+    /// Join/leave streaming, once the server has started it: stream chunks
+    /// go there.
+    rebalance: std::sync::OnceLock<Arc<Rebalance>>,
 }
 
 /// What the data path needs of the cluster node: identity, the transport,
@@ -383,6 +408,8 @@ impl ClusterNode {
             last_rejection: Mutex::new(None),
             view_version: AtomicU64::new(0),
             data: std::sync::OnceLock::new(),
+            anti_entropy: std::sync::OnceLock::new(),
+            rebalance: std::sync::OnceLock::new(),
         });
         *slot.write() = Some(core.clone());
         info!(
@@ -419,6 +446,20 @@ impl ClusterNode {
     pub fn attach_data_path(&self, data: Arc<DataPath>) {
         if self.core.data.set(data).is_err() {
             warn!("a data path was already attached; keeping the first");
+        }
+    }
+
+    /// Routes anti-entropy messages to `service` from now on.
+    pub fn attach_anti_entropy(&self, service: Arc<AntiEntropy>) {
+        if self.core.anti_entropy.set(service).is_err() {
+            warn!("anti-entropy was already attached; keeping the first");
+        }
+    }
+
+    /// Routes partition stream chunks (join/leave) to `service` from now on.
+    pub fn attach_rebalance(&self, service: Arc<Rebalance>) {
+        if self.core.rebalance.set(service).is_err() {
+            warn!("rebalancing was already attached; keeping the first");
         }
     }
 
@@ -513,6 +554,12 @@ impl ClusterNode {
                 Some(data) => data.hints_reply(),
                 None => Reply::Array(Vec::new()),
             },
+            ClusterCmd::Merkle => match core.anti_entropy.get() {
+                Some(ae) => ae.merkle_command(args),
+                None => Reply::err("anti-entropy is not running"),
+            },
+            // Dispatch runs REPAIR itself (it waits for its sessions).
+            ClusterCmd::Repair => Reply::err("CLUSTER REPAIR is run by dispatch"),
             ClusterCmd::MyId => Reply::bulk(core.id.to_string()),
             ClusterCmd::MyPeerAddr => Reply::bulk(core.peer_addr.clone()),
             ClusterCmd::Help => {
@@ -882,6 +929,26 @@ impl Handler for GossipHandler {
                 // Cheap and synchronous: the state machine answers from memory.
                 core.on_gossip(from, msg);
                 Box::pin(std::future::ready(None))
+            }
+            Message::AntiEntropy(ae_msg) => {
+                match (core.anti_entropy.get(), from.node_id.parse::<NodeId>()) {
+                    (Some(ae), Ok(sender)) => ae.clone().serve(sender, ae_msg, payload.len()),
+                    _ => {
+                        core.counters.unserved.fetch_add(1, Relaxed);
+                        debug!(peer = %from.addr, "anti-entropy message dropped: not running or no valid sender id");
+                        Box::pin(std::future::ready(None))
+                    }
+                }
+            }
+            Message::StreamChunk(chunk) => {
+                match (core.rebalance.get(), from.node_id.parse::<NodeId>()) {
+                    (Some(r), Ok(sender)) => r.clone().serve(sender, chunk),
+                    _ => {
+                        core.counters.unserved.fetch_add(1, Relaxed);
+                        debug!(peer = %from.addr, "stream chunk dropped: rebalancing not running or no valid sender id");
+                        Box::pin(std::future::ready(None))
+                    }
+                }
             }
             other => match (core.data.get(), from.node_id.parse::<NodeId>()) {
                 (Some(data), Ok(sender)) => data.clone().serve(sender, other),

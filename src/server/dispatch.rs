@@ -11,6 +11,7 @@
 use bytes::Bytes;
 
 use super::clients::{ClientId, ClientInfo};
+use super::cluster_node::ClusterCmd;
 use super::commands::{self, table};
 use super::Shared;
 use crate::cluster::coordinator::Origin;
@@ -140,6 +141,12 @@ pub async fn execute(
                 name: spec.name,
                 wrote,
             }
+        }
+        // Waits for its anti-entropy sessions, so it cannot run with the
+        // synchronous server commands below.
+        table::Handler::Server(table::ServerCmd::Cluster(ClusterCmd::Repair)) => {
+            let reply = shared.anti_entropy.repair_command(args).await;
+            Outcome::reply(reply, spec.name)
         }
         table::Handler::Server(cmd) => {
             let mut ctx = Ctx {

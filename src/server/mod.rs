@@ -39,12 +39,24 @@
 //! - [`dispatch`]: command lookup, arity and authentication checks, routing.
 //! - [`commands`]: the command table and the connection and server commands;
 //!   data commands live in the keyspace.
+//! - [`data_path`]: every data command in a cluster: one-hop forwarding,
+//!   quorum reads and writes through the coordinator, replication, read
+//!   repair, the replica side of `Put`/`Get`/`Forward`. A cluster of one
+//!   runs commands on the keyspace directly.
+//! - [`handoff`]: replays the durable hints to owners that came back.
 //! - [`keyspace`]: the versioned data commands over the storage engine.
 //! - [`clients`], [`stats`]: what `CLIENT LIST` and `INFO` report.
 //! - [`peer`]: the internode transport.
 //! - [`cluster_node`]: gossip membership over the transport and the `CLUSTER`
-//!   commands (membership only: keys are still served locally).
+//!   commands; routes incoming peer messages to the services above.
+//! - [`anti_entropy`]: Merkle-tree repair sessions between the replicas of
+//!   each partition (background rounds, `CLUSTER REPAIR`/`MERKLE`); the
+//!   trees themselves are kept by the keyspace's replica.
+//! - [`rebalance`]: join and leave: streams the partitions a node no longer
+//!   owns (or that gained an owner) to their owners, throttled, and drops
+//!   them once every owner confirmed.
 
+pub mod anti_entropy;
 pub mod clients;
 pub mod cluster_node;
 pub mod commands;
@@ -54,6 +66,7 @@ pub mod dispatch;
 pub mod handoff;
 pub mod keyspace;
 pub mod peer;
+pub mod rebalance;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -96,6 +109,10 @@ pub struct Shared {
     pub cluster: cluster_node::ClusterNode,
     /// Routing, quorum reads and writes, replication: every data command.
     pub data: Arc<data_path::DataPath>,
+    /// Merkle-tree anti-entropy between the replicas of each partition.
+    pub anti_entropy: Arc<anti_entropy::AntiEntropy>,
+    /// Join/leave: streams partitions to their new owners.
+    pub rebalance: Arc<rebalance::Rebalance>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -142,6 +159,18 @@ impl Server {
         let cluster = cluster_node::ClusterNode::start(&config, local_addr).await?;
         let data = data_path::DataPath::start(keyspace.clone(), cluster.handle(), &config)?;
         cluster.attach_data_path(data.clone());
+        let anti_entropy = anti_entropy::AntiEntropy::start(
+            keyspace.clone(),
+            cluster.handle(),
+            anti_entropy::AntiEntropyConfig::from_config(&config),
+        );
+        cluster.attach_anti_entropy(anti_entropy.clone());
+        let rebalance = rebalance::Rebalance::start(
+            keyspace.clone(),
+            cluster.handle(),
+            rebalance::RebalanceConfig::from_config(&config),
+        );
+        cluster.attach_rebalance(rebalance.clone());
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             live: LiveConfig::new(&config),
@@ -154,6 +183,8 @@ impl Server {
             local_addr,
             cluster,
             data,
+            anti_entropy,
+            rebalance,
             shutdown,
         });
         Ok(Server { listener, shared })
@@ -202,6 +233,10 @@ impl Server {
         let _ = done_rx.recv().await;
         sampler.abort();
         shared.cluster.shutdown().await;
+        // Its task stops with the cluster node; wait for it so that no scan
+        // or merge of it is running when the keyspace closes.
+        shared.anti_entropy.stop().await;
+        shared.rebalance.stop().await;
         if let Err(e) = shared.data.close() {
             error!(error = %e, "closing the hint store failed");
         }
@@ -252,7 +287,12 @@ impl RunningServer {
 
 /// The keyspace's options from the configuration.
 fn keyspace_options(config: &Config) -> KeyspaceOptions {
+    let partitions = KeyspaceOptions::default().partitions;
     KeyspaceOptions {
+        tombstone_grace: Duration::from_millis(config.tombstone_grace_ms),
+        // A node never purges a tombstone that some replica may lack:
+        // anti-entropy moves each partition's horizon (see anti_entropy).
+        gc_horizon: Some(keyspace::expiry::GcHorizon::new(partitions)),
         storage: keyspace::StorageOptions {
             fsync: config.fsync,
             memtable_bytes: usize::try_from(config.memtable_size.bytes()).unwrap_or(usize::MAX),

@@ -183,6 +183,8 @@ fn section(s: &Shared, name: &str, out: &mut String) {
         "cluster" => {
             s.cluster.info_section(out);
             s.data.info_section(out);
+            s.anti_entropy.info_section(out);
+            s.rebalance.info_section(out);
         }
         "ringkv" => {
             let ks = s.keyspace.info();

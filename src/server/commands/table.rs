@@ -622,6 +622,14 @@ const CLUSTER_SUBCOMMANDS: &[CommandSpec] = {
         cmd("cluster|hints", 2, LOADING | STALE, CLUSTER, "0.1.0", "Returns the hints this node holds for replicas that were down: target id, hints, bytes, status.")
             .complexity("O(N) where N is the number of targets")
             .server(ServerCmd::Cluster(C::Hints)),
+        cmd("cluster|repair", -2, ADMIN | NOSCRIPT | STALE, CLUSTER, "0.1.0", "Runs anti-entropy now for one partition (or every partition this node owns) with every other live owner; answers a summary when done.")
+            .args(&[ArgDoc::integer("partition").optional()])
+            .complexity("O(D) where D is the number of keys that differ, plus one scan per partition that differs")
+            .server(ServerCmd::Cluster(C::Repair)),
+        cmd("cluster|merkle", -2, LOADING | STALE, CLUSTER, "0.1.0", "Returns the Merkle root of a partition on this node, or of every partition it owns.")
+            .args(&[ArgDoc::integer("partition").optional()])
+            .complexity("O(Q) where Q is the number of partitions")
+            .server(ServerCmd::Cluster(C::Merkle)),
         cmd("cluster|myid", 2, LOADING | STALE, CLUSTER, "3.0.0", "Returns this node's id.")
             .server(ServerCmd::Cluster(C::MyId)),
         cmd("cluster|mypeeraddr", 2, LOADING | STALE | NO_AUTH, CLUSTER, "0.1.0", "Returns this node's internode address (what --join asks a seed for).")

@@ -36,7 +36,14 @@
 //! maintained counters stay exact. That is safe on a single node; the
 //! cluster adds the condition that every replica of the partition has the
 //! tombstone, otherwise anti-entropy could bring the deleted value back.
+//! That condition is a [`GcHorizon`]: per partition, a time before which
+//! every replica is known to hold everything this one holds (anti-entropy
+//! sets it when every other owner compared equal Merkle roots with this
+//! node). A tombstone is purged only if it is older than both the grace
+//! period and its partition's horizon. A keyspace opened without a horizon
+//! (a library user, the single-node tests) purges on the grace period alone.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,20 +93,76 @@ pub fn expire_due(replica: &Replica, now_ms: u64, batch: usize) -> Result<Expiry
 /// the grace period. Never touches the reserved (index) key space.
 pub struct TombstoneGc {
     grace_ms: u64,
+    horizon: Option<Arc<GcHorizon>>,
+}
+
+/// Per partition, the wall-clock time (ms since the epoch) before which
+/// every replica of the partition is known to hold every version this node
+/// holds: versions written before it cannot come back from another replica.
+/// Starts at 0 (nothing known: purge nothing); anti-entropy moves it.
+#[derive(Debug)]
+pub struct GcHorizon {
+    at: Box<[AtomicU64]>,
+}
+
+impl GcHorizon {
+    /// A horizon of 0 for each of `partitions` partitions.
+    pub fn new(partitions: u32) -> Arc<GcHorizon> {
+        Arc::new(GcHorizon {
+            at: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// The horizon of `partition` (0 for one out of range).
+    pub fn get(&self, partition: layout::PartitionId) -> u64 {
+        self.at
+            .get(usize::from(partition.0))
+            .map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    /// Sets the horizon of `partition` (it may move back: a new owner that
+    /// has not compared yet makes it 0 again).
+    pub fn set(&self, partition: layout::PartitionId, at_ms: u64) {
+        if let Some(a) = self.at.get(usize::from(partition.0)) {
+            a.store(at_ms, Ordering::Relaxed);
+        }
+    }
 }
 
 impl TombstoneGc {
+    /// Purges on the grace period alone (a single node, with no replica
+    /// that could hold a deleted value).
     pub fn new(grace: Duration) -> Arc<TombstoneGc> {
+        Self::with_horizon(grace, None)
+    }
+
+    /// Purges only tombstones older than both the grace period and their
+    /// partition's `horizon` (when given).
+    pub fn with_horizon(grace: Duration, horizon: Option<Arc<GcHorizon>>) -> Arc<TombstoneGc> {
         Arc::new(TombstoneGc {
             grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            horizon,
         })
     }
 
     /// Whether `set` may be dropped at `now_ms`: it holds only tombstones,
     /// all written more than the grace period ago.
     pub fn purgeable(&self, set: &SiblingSet, now_ms: u64) -> bool {
-        let cutoff = now_ms.saturating_sub(self.grace_ms);
+        self.purgeable_before(set, now_ms.saturating_sub(self.grace_ms))
+    }
+
+    fn purgeable_before(&self, set: &SiblingSet, cutoff: u64) -> bool {
         set.is_only_tombstones() && set.versions().iter().all(|v| v.written_at_ms < cutoff)
+    }
+
+    /// The time before which a tombstone of the engine key `key` may go.
+    fn cutoff(&self, key: &[u8], now_ms: u64) -> u64 {
+        let grace = now_ms.saturating_sub(self.grace_ms);
+        match (&self.horizon, layout::partition_in(key)) {
+            (None, _) => grace,
+            (Some(h), Some(p)) => grace.min(h.get(p)),
+            (Some(_), None) => 0,
+        }
     }
 }
 
@@ -108,8 +171,12 @@ impl CompactionFilter for TombstoneGc {
         if layout::user_key(key).is_none() {
             return FilterDecision::Keep;
         }
+        let cutoff = self.cutoff(key, now_ms());
+        if cutoff == 0 {
+            return FilterDecision::Keep;
+        }
         match SiblingSet::decode(value) {
-            Ok(set) if self.purgeable(&set, now_ms()) => FilterDecision::Remove,
+            Ok(set) if self.purgeable_before(&set, cutoff) => FilterDecision::Remove,
             // A set that does not decode is kept: the read path reports it.
             _ => FilterDecision::Keep,
         }
@@ -125,6 +192,30 @@ mod tests {
     use crate::server::keyspace::layout::{data_key, expiry_key, PartitionId};
 
     const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    #[test]
+    fn a_tombstone_past_its_grace_waits_for_the_partition_horizon() {
+        let mut set = SiblingSet::new();
+        set.overwrite(ActorId(1), Payload::Tombstone, None, 1000);
+        let bytes = encoded(&set);
+        let key = data_key(PartitionId(3), b"gone");
+        let horizon = GcHorizon::new(8);
+        let gc = TombstoneGc::with_horizon(Duration::from_millis(1), Some(horizon.clone()));
+        // Long past the grace period, but no replica comparison yet.
+        assert_eq!(gc.filter(&key, &bytes), FilterDecision::Keep);
+        // Every replica compared equal before the tombstone was written.
+        horizon.set(PartitionId(3), 999);
+        assert_eq!(gc.filter(&key, &bytes), FilterDecision::Keep);
+        // ... and after: now it may go.
+        horizon.set(PartitionId(3), 1001);
+        assert_eq!(gc.filter(&key, &bytes), FilterDecision::Remove);
+        // Another partition's horizon says nothing about this one.
+        let other = data_key(PartitionId(4), b"gone");
+        assert_eq!(gc.filter(&other, &bytes), FilterDecision::Keep);
+        // Without a horizon (a single node), the grace period alone decides.
+        let alone = TombstoneGc::new(Duration::from_millis(1));
+        assert_eq!(alone.filter(&other, &bytes), FilterDecision::Remove);
+    }
 
     fn encoded(set: &SiblingSet) -> Vec<u8> {
         let mut out = Vec::new();

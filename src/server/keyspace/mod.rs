@@ -77,7 +77,8 @@
 //!
 //! # Files
 //!
-//! [`replica`] (the store and its locks and counters), [`layout`] (engine
+//! [`replica`] (the store and its locks and counters), [`merkle_index`]
+//! (the per-partition Merkle trees every write keeps current), [`layout`] (engine
 //! keys, the ring hash), [`identity`] (the clock actor on disk), [`counts`]
 //! (counts saved at close), [`expiry`] (active expiry, tombstone GC),
 //! [`cursor`] (`SCAN`), [`glob`] (`KEYS`/`MATCH` patterns), [`number`] and
@@ -95,6 +96,7 @@ pub mod glob;
 pub mod identity;
 mod keys;
 pub mod layout;
+pub mod merkle_index;
 pub mod number;
 pub mod replica;
 mod strings;
@@ -147,6 +149,10 @@ pub struct KeyspaceOptions {
     pub expiry_batch: usize,
     /// `SCAN` resume positions kept in memory (see [`cursor`]). Default: 16384.
     pub scan_cursor_slots: usize,
+    /// When set, tombstones are purged only before their partition's
+    /// horizon as well as after the grace period (a cluster node; see
+    /// [`expiry::GcHorizon`]). Default: none (the grace period alone).
+    pub gc_horizon: Option<Arc<expiry::GcHorizon>>,
 }
 
 impl Default for KeyspaceOptions {
@@ -160,6 +166,7 @@ impl Default for KeyspaceOptions {
             expiry_interval: expiry::DEFAULT_INTERVAL,
             expiry_batch: expiry::DEFAULT_BATCH,
             scan_cursor_slots: cursor::DEFAULT_SLOTS,
+            gc_horizon: None,
         }
     }
 }
@@ -203,6 +210,7 @@ pub(crate) struct Shared {
     expiry_batch: usize,
     closed: AtomicBool,
     shutdown: watch::Sender<bool>,
+    gc_horizon: Option<Arc<expiry::GcHorizon>>,
 }
 
 /// A command's answer and the write it made, if any (to wait for under
@@ -241,7 +249,10 @@ impl Keyspace {
         std::fs::create_dir_all(data_dir)?;
         let identity = Identity::load_or_create(data_dir, opts.partitions)?;
         if opts.storage.compaction_filter.is_none() {
-            opts.storage.compaction_filter = Some(expiry::TombstoneGc::new(opts.tombstone_grace));
+            opts.storage.compaction_filter = Some(expiry::TombstoneGc::with_horizon(
+                opts.tombstone_grace,
+                opts.gc_horizon.clone(),
+            ));
         }
         let fsync = opts.storage.fsync;
         let engine = Arc::new(Engine::open(&data_dir.join("db"), opts.storage.clone())?);
@@ -258,8 +269,15 @@ impl Keyspace {
                 expiry_batch: opts.expiry_batch.max(1),
                 closed: AtomicBool::new(false),
                 shutdown,
+                gc_horizon: opts.gc_horizon.clone(),
             }),
         })
+    }
+
+    /// The tombstone GC horizon this keyspace was opened with, if any: what
+    /// anti-entropy moves when every replica of a partition compared equal.
+    pub fn gc_horizon(&self) -> Option<&Arc<expiry::GcHorizon>> {
+        self.shared.gc_horizon.as_ref()
     }
 
     /// Runs one data command. `args[0]` is the command name in any case; the

@@ -16,6 +16,12 @@
 //! thread), so one slow disk flush does not serialize writers of a stripe and
 //! concurrent writers share one fsync (group commit).
 //!
+//! Every write also updates the Merkle tree of the key's partition
+//! ([`super::merkle_index`]): the old and new encoded sets are hashed before
+//! the write, and the difference is applied right after the engine write,
+//! under the index's shared gate, so a scan that builds or checks a tree sees
+//! exactly the writes the tree has seen.
+//!
 //! The replica also keeps the exact counters `DBSIZE` and `INFO keyspace` need
 //! (keys, keys with an expiry, keys with siblings). Each write knows the key's
 //! facts before and after, so the counters move by the exact difference under
@@ -39,8 +45,13 @@ use super::deps::{
     SiblingSet, Version, WriteBatch,
 };
 use super::layout::{self, PartitionId};
+use super::merkle_index::{MerkleIndex, TreeDelta};
+use crate::cluster::merkle::{BucketIndex, MerkleTree};
 use crate::error::{Error, Result};
-use crate::storage::SeqNo;
+use crate::storage::{Scan, SeqNo};
+
+mod drop_partition;
+pub use drop_partition::Dropped;
 
 /// Number of lock stripes. A power of two well above the number of
 /// connections that write at once, so contention stays rare.
@@ -126,7 +137,19 @@ pub struct Replica {
     partitions: u32,
     limits: SiblingLimits,
     locks: Box<[Mutex<()>]>,
+    merkle: MerkleIndex,
     pub counters: Counters,
+}
+
+/// What building or checking a partition's tree read, and what it fixed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeScan {
+    /// Keys scanned.
+    pub keys: u64,
+    /// Bytes of keys and encoded sets scanned.
+    pub bytes: u64,
+    /// Buckets a check found drifted and corrected (empty for a build).
+    pub drifted: Vec<BucketIndex>,
 }
 
 /// A user key with its ring hash, computed once per command.
@@ -164,6 +187,7 @@ impl Replica {
             partitions,
             limits,
             locks,
+            merkle: MerkleIndex::new(partitions),
             counters: Counters::default(),
         };
         if let Some(known) = known {
@@ -203,10 +227,25 @@ impl Replica {
 
     /// The stored set of `key`, without locking.
     pub fn read(&self, key: Key<'_>) -> Result<Option<SiblingSet>> {
+        Ok(self.read_stored(key)?.1)
+    }
+
+    /// The stored set of `key` as encoded on disk (the bytes its Merkle
+    /// digest covers), without locking.
+    pub fn read_encoded(&self, key: Key<'_>) -> Result<Option<Bytes>> {
+        let engine_key = layout::data_key(self.partition(key), key.bytes);
+        self.engine.get(&engine_key)
+    }
+
+    /// The stored set of `key`, encoded and decoded.
+    fn read_stored(&self, key: Key<'_>) -> Result<(Option<Bytes>, Option<SiblingSet>)> {
         let engine_key = layout::data_key(self.partition(key), key.bytes);
         match self.engine.get(&engine_key)? {
-            None => Ok(None),
-            Some(value) => decode(&engine_key, &value).map(Some),
+            None => Ok((None, None)),
+            Some(value) => {
+                let set = decode(&engine_key, &value)?;
+                Ok((Some(value), Some(set)))
+            }
         }
     }
 
@@ -257,14 +296,15 @@ impl Replica {
         decide: impl FnOnce(Option<SiblingSet>) -> Result<(T, Change)>,
     ) -> Result<(T, Option<SeqNo>)> {
         let _guard = self.locks[stripe(key)].lock();
-        let current = self.read(key)?;
+        let (stored, current) = self.read_stored(key)?;
         let before = Facts::of(current.as_ref());
         let (result, change) = decide(current)?;
         let mut batch = WriteBatch::new();
-        let Some(after) = self.stage(&mut batch, key, before, change, limits)? else {
+        let Some((after, encoded)) = self.stage(&mut batch, key, before, change, limits)? else {
             return Ok((result, None));
         };
-        let seq = self.engine.write_unsynced(&batch)?;
+        let delta = self.delta(key, stored.as_deref(), &encoded);
+        let seq = self.write(&batch, &[delta])?;
         self.counters.apply(before, after);
         Ok((result, Some(seq)))
     }
@@ -279,8 +319,11 @@ impl Replica {
     ) -> Result<(T, Option<SeqNo>)> {
         let _guards = self.lock_many(keys);
         let mut current = Vec::with_capacity(keys.len());
+        let mut stored = Vec::with_capacity(keys.len());
         for key in keys {
-            current.push(self.read(*key)?);
+            let (encoded, set) = self.read_stored(*key)?;
+            stored.push(encoded);
+            current.push(set);
         }
         let before: Vec<Facts> = current.iter().map(|s| Facts::of(s.as_ref())).collect();
         let (result, changes) = decide(current)?;
@@ -293,15 +336,19 @@ impl Replica {
         }
         let mut batch = WriteBatch::new();
         let mut moved = Vec::new();
-        for ((key, before), change) in keys.iter().zip(&before).zip(changes) {
-            if let Some(after) = self.stage(&mut batch, *key, *before, change, Limits::Enforce)? {
+        let mut deltas = Vec::new();
+        for (((key, before), change), old) in keys.iter().zip(&before).zip(changes).zip(&stored) {
+            if let Some((after, encoded)) =
+                self.stage(&mut batch, *key, *before, change, Limits::Enforce)?
+            {
                 moved.push((*before, after));
+                deltas.push(self.delta(*key, old.as_deref(), &encoded));
             }
         }
         if batch.is_empty() {
             return Ok((result, None));
         }
-        let seq = self.engine.write_unsynced(&batch)?;
+        let seq = self.write(&batch, &deltas)?;
         for (before, after) in moved {
             self.counters.apply(before, after);
         }
@@ -334,8 +381,25 @@ impl Replica {
         self.engine.wait_synced(seq)
     }
 
+    /// Writes `batch` to the engine and applies the Merkle deltas of its
+    /// keys, under the index's gate (see [`super::merkle_index`]).
+    fn write(&self, batch: &WriteBatch, deltas: &[TreeDelta]) -> Result<SeqNo> {
+        let gate = self.merkle.gate();
+        let seq = self.engine.write_unsynced(batch)?;
+        for delta in deltas {
+            self.merkle.apply(&gate, delta);
+        }
+        Ok(seq)
+    }
+
+    /// The Merkle delta of `key` going from the stored `old` to `new`.
+    fn delta(&self, key: Key<'_>, old: Option<&[u8]>, new: &[u8]) -> TreeDelta {
+        TreeDelta::of(self.partition(key), key.hash, key.bytes, old, Some(new))
+    }
+
     /// Adds the engine operations of `change` to `batch`; returns the key's
-    /// facts after the change, or `None` when nothing is written.
+    /// facts after the change and the encoded set written, or `None` when
+    /// nothing is written.
     fn stage(
         &self,
         batch: &mut WriteBatch,
@@ -343,9 +407,9 @@ impl Replica {
         before: Facts,
         change: Change,
         limits: Limits,
-    ) -> Result<Option<Facts>> {
+    ) -> Result<Option<(Facts, Vec<u8>)>> {
         let engine_key = layout::data_key(self.partition(key), key.bytes);
-        let after = match change {
+        let (after, encoded) = match change {
             Change::Keep => return Ok(None),
             Change::Put(set) => {
                 if limits == Limits::Enforce {
@@ -354,7 +418,7 @@ impl Replica {
                 let mut encoded = Vec::new();
                 set.encode(&mut encoded);
                 batch.put(&engine_key, &encoded);
-                Facts::of(Some(&set))
+                (Facts::of(Some(&set)), encoded)
             }
         };
         if before.deadline != after.deadline {
@@ -365,7 +429,7 @@ impl Replica {
                 batch.put(&layout::expiry_key(new, key.bytes), b"");
             }
         }
-        Ok(Some(after))
+        Ok(Some((after, encoded)))
     }
 
     /// Refuses a set past the sibling bound (`-CONFLICT too many siblings`);
@@ -387,6 +451,66 @@ impl Replica {
         stripes.sort_unstable();
         stripes.dedup();
         stripes.into_iter().map(|s| self.locks[s].lock()).collect()
+    }
+
+    /// The Merkle trees of the partitions, kept current by every write.
+    pub fn merkle(&self) -> &MerkleIndex {
+        &self.merkle
+    }
+
+    /// Builds `partition`'s Merkle tree from one scan of its data, while
+    /// writes go on (see [`super::merkle_index`]). The tree is ready after.
+    pub fn build_tree(&self, partition: PartitionId) -> Result<TreeScan> {
+        let _maintenance = self.merkle.maintenance();
+        let scan = self
+            .merkle
+            .begin_build(partition, || self.partition_entries(partition))?;
+        let (built, scanned) = self.hash_partition(scan)?;
+        self.merkle.finish_build(partition, &built)?;
+        Ok(scanned)
+    }
+
+    /// Checks `partition`'s tree against one scan of its data and corrects
+    /// any drift (the buckets are in the result); builds it if it is not
+    /// ready yet.
+    pub fn check_tree(&self, partition: PartitionId) -> Result<TreeScan> {
+        let maintenance = self.merkle.maintenance();
+        let Some((scan, copy)) = self
+            .merkle
+            .begin_check(partition, || self.partition_entries(partition))?
+        else {
+            drop(maintenance);
+            return self.build_tree(partition);
+        };
+        let (rebuilt, mut scanned) = self.hash_partition(scan)?;
+        scanned.drifted = self.merkle.finish_check(partition, &copy, &rebuilt)?;
+        Ok(scanned)
+    }
+
+    fn hash_partition(&self, entries: PartitionEntries) -> Result<(MerkleTree, TreeScan)> {
+        let mut tree = MerkleTree::new(self.merkle.shape());
+        let mut scanned = TreeScan::default();
+        for entry in entries {
+            let (key, value) = entry?;
+            scanned.keys += 1;
+            scanned.bytes += (key.len() + value.len()) as u64;
+            tree.insert(layout::key_hash(&key), &key, &value);
+        }
+        Ok((tree, scanned))
+    }
+
+    /// Every stored key of `partition` with its encoded set, in key order,
+    /// from a snapshot taken now.
+    pub fn partition_entries(&self, partition: PartitionId) -> Result<PartitionEntries> {
+        let prefix = partition.prefix();
+        let next = partition.0.checked_add(1).map(|p| PartitionId(p).prefix());
+        let end = match &next {
+            Some(next) => Bound::Excluded(&next[..]),
+            None => Bound::Unbounded,
+        };
+        Ok(PartitionEntries {
+            scan: self.engine.scan(Bound::Included(&prefix[..]), end)?,
+        })
     }
 
     /// Up to `limit` stored keys of `partition`, in key order, strictly
@@ -489,22 +613,28 @@ impl Replica {
     pub fn expire_entry(&self, deadline: u64, user_key: &[u8], now_ms: u64) -> Result<bool> {
         let key = Key::new(user_key);
         let _guard = self.locks[stripe(key)].lock();
-        let current = self.read(key)?;
+        let (stored, current) = self.read_stored(key)?;
         let before = Facts::of(current.as_ref());
         let mut batch = WriteBatch::new();
         // The entry itself goes in every case: it is either acted on or stale.
         batch.delete(&layout::expiry_key(deadline, user_key));
         // A version is still readable at the millisecond of its deadline.
         let reclaim = matches!(before.deadline, Some(d) if d < now_ms);
+        let mut deltas = Vec::new();
         let after = match current {
             Some(mut set) if reclaim => {
                 set.overwrite(self.actor, Payload::Tombstone, None, now_ms);
-                self.stage(&mut batch, key, before, Change::Put(set), Limits::Ignore)?
-                    .unwrap_or_default()
+                match self.stage(&mut batch, key, before, Change::Put(set), Limits::Ignore)? {
+                    Some((after, encoded)) => {
+                        deltas.push(self.delta(key, stored.as_deref(), &encoded));
+                        after
+                    }
+                    None => Facts::default(),
+                }
             }
             _ => before,
         };
-        self.engine.write_unsynced(&batch)?;
+        self.write(&batch, &deltas)?;
         self.counters.apply(before, after);
         if reclaim {
             self.counters.expired_keys.fetch_add(1, Ordering::Relaxed);
@@ -515,6 +645,26 @@ impl Replica {
 
 fn stripe(key: Key<'_>) -> usize {
     (key.hash as usize) % LOCK_STRIPES
+}
+
+/// The keys of one partition with their encoded sets (user key, set).
+pub struct PartitionEntries {
+    scan: Scan,
+}
+
+impl Iterator for PartitionEntries {
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.scan.next()? {
+            // The scan is bounded by the partition's prefix, which is never
+            // in the reserved space, so every key has a user key.
+            Ok((engine_key, value)) => {
+                layout::user_key(&engine_key).map(|_| Ok((engine_key.slice(2..), value)))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
 }
 
 /// A stored key and its encoded set, as scans return them.
@@ -605,4 +755,133 @@ pub fn supersede(
     let mut set = set.unwrap_or_default();
     set.overwrite(actor, payload, expires_at_ms, now_ms);
     set
+}
+
+#[cfg(test)]
+mod merkle_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::server::keyspace::deps::StorageOptions;
+
+    fn replica(dir: &std::path::Path) -> Replica {
+        let engine = Engine::open(dir, StorageOptions::default()).expect("engine");
+        Replica::open(
+            Arc::new(engine),
+            ActorId(1),
+            16,
+            SiblingLimits::default(),
+            None,
+        )
+        .expect("replica")
+    }
+
+    fn value(set: Option<SiblingSet>, v: &'static [u8], expires: Option<u64>) -> Change {
+        Change::Put(supersede(
+            ActorId(1),
+            set,
+            Payload::Value(Bytes::from_static(v)),
+            expires,
+            1_000,
+        ))
+    }
+
+    fn all_partitions(r: &Replica) -> Vec<PartitionId> {
+        (0..r.partitions()).map(|p| PartitionId(p as u16)).collect()
+    }
+
+    #[test]
+    fn every_write_path_keeps_the_trees_equal_to_a_scan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = replica(dir.path());
+        for p in all_partitions(&r) {
+            r.build_tree(p).expect("build");
+        }
+        let keys: Vec<Vec<u8>> = (0..200u32).map(|i| format!("k{i}").into_bytes()).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let expires = (i % 3 == 0).then_some(2_000);
+            r.update(Key::new(key), |set| Ok(((), value(set, b"v1", expires))))
+                .expect("update");
+        }
+        // A multi-key write, then merges of sets made elsewhere.
+        let pair = [Key::new(&keys[1]), Key::new(&keys[2])];
+        r.update_many(&pair, |sets| {
+            let changes = sets.into_iter().map(|s| value(s, b"v2", None)).collect();
+            Ok(((), changes))
+        })
+        .expect("update_many");
+        let mut remote = SiblingSet::new();
+        remote.overwrite(
+            ActorId(2),
+            Payload::Value(Bytes::from_static(b"other")),
+            None,
+            5,
+        );
+        r.merge_remote(Key::new(&keys[5]), remote.clone())
+            .expect("merge");
+        r.merge_remote(Key::new(b"new-from-peer"), remote)
+            .expect("merge");
+        // Active expiry tombstones a third of the keys.
+        let expired =
+            crate::server::keyspace::expiry::expire_due(&r, 3_000, 1_000).expect("expiry");
+        assert!(expired.reclaimed > 50);
+        let roots: Vec<_> = all_partitions(&r)
+            .into_iter()
+            .map(|p| r.merkle().root(p).expect("ready"))
+            .collect();
+        for p in all_partitions(&r) {
+            let checked = r.check_tree(p).expect("check");
+            assert!(checked.drifted.is_empty(), "partition {p:?} drifted");
+        }
+        // A rebuild from scratch lands on the same roots.
+        for p in all_partitions(&r) {
+            r.build_tree(p).expect("rebuild");
+            assert_eq!(r.merkle().root(p), Some(roots[p.0 as usize]));
+        }
+        assert_eq!(r.merkle().counters.drift_repairs.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_write_that_bypassed_the_replica_is_found_and_corrected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = replica(dir.path());
+        let key = Key::new(b"sneaky");
+        let p = r.partition(key);
+        r.build_tree(p).expect("build");
+        let empty_root = r.merkle().root(p).expect("ready");
+        // Straight into the engine, as tombstone GC or a bug would.
+        let mut set = SiblingSet::new();
+        set.overwrite(ActorId(1), Payload::Tombstone, None, 1);
+        let mut encoded = Vec::new();
+        set.encode(&mut encoded);
+        let mut batch = WriteBatch::new();
+        batch.put(&layout::data_key(p, key.bytes), &encoded);
+        r.engine().write(&batch).expect("write");
+        assert_eq!(r.merkle().root(p), Some(empty_root));
+        let checked = r.check_tree(p).expect("check");
+        assert_eq!(checked.keys, 1);
+        assert_eq!(
+            checked.drifted,
+            vec![r.merkle().shape().bucket_of(key.hash)]
+        );
+        assert_ne!(r.merkle().root(p), Some(empty_root));
+        assert!(r.check_tree(p).expect("check again").drifted.is_empty());
+    }
+
+    #[test]
+    fn writes_before_the_build_are_counted_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = replica(dir.path());
+        let key = Key::new(b"early");
+        let p = r.partition(key);
+        r.update(key, |set| Ok(((), value(set, b"v", None))))
+            .expect("write");
+        assert!(!r.merkle().is_ready(p));
+        r.build_tree(p).expect("build");
+        let built = r.merkle().root(p);
+        r.update(key, |set| Ok(((), value(set, b"w", None))))
+            .expect("write");
+        assert_ne!(r.merkle().root(p), built);
+        assert!(r.check_tree(p).expect("check").drifted.is_empty());
+    }
 }
