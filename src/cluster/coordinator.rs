@@ -27,7 +27,9 @@
 //!    longer be reached, [`QuorumError::Timeout`] at the deadline.
 //! 3. **Read** ([`Coordinator::begin_read`]). `Get` to every healthy owner
 //!    (a fallback in place of a down one), the coordinator's own replica as
-//!    [`Effect::ReadLocal`]. After `R`
+//!    [`Effect::ReadLocal`]. An owner whose `Get` failed, or that has not
+//!    answered within [`QuorumConfig::fallback_after_ms`], gets a fallback
+//!    asked as well, as writes do. After `R`
 //!    answers the client gets their [`SiblingSet::merge`]; the coordinator
 //!    keeps collecting until every owner answered or the deadline, then
 //!    plans read repair ([`super::read_repair::plan_read_repair`]) over all
@@ -389,7 +391,11 @@ struct ReadOp {
     owners: Vec<NodeId>,
     needed: usize,
     deadline: Millis,
+    /// When replicas still silent get a fallback asked as well (once).
+    hedge_at: Option<Millis>,
     pending: BTreeSet<NodeId>,
+    /// Healthy fallbacks not asked yet, in preference-list order.
+    spares: VecDeque<NodeId>,
     /// Successful answers in arrival order (`None`: the replica lacks the key).
     answers: Vec<(NodeId, Option<SiblingSet>)>,
     replied: bool,
@@ -445,7 +451,10 @@ impl Coordinator {
                     .filter(|a| a.state == AttemptState::Pending && !a.replaced)
                     .map(|a| a.sent_at.plus(self.config.fallback_after_ms))
                     .fold(w.deadline, Millis::min),
-                Op::Read(r) => r.deadline,
+                Op::Read(r) => match r.hedge_at {
+                    Some(at) if !r.replied && !r.spares.is_empty() => at.min(r.deadline),
+                    _ => r.deadline,
+                },
             })
             .min()
     }
@@ -681,7 +690,7 @@ impl Coordinator {
                 asked.push(fallback);
             }
         }
-        if asked.len() < needed {
+        if asked.len() + spares.len() < needed {
             self.stats.unavailable += 1;
             let result = Err(QuorumError::Unavailable {
                 what: "R",
@@ -719,12 +728,28 @@ impl Coordinator {
             owners,
             needed,
             deadline,
+            hedge_at: Some(now.plus(self.config.fallback_after_ms)),
             pending: asked.into_iter().collect(),
+            spares,
             answers: Vec::new(),
             replied: false,
         };
         self.ops.insert(id, Op::Read(op));
         (id, effects)
+    }
+
+    /// Record and return a `Get` of `op`'s key from the fallback `node`.
+    fn ask_read(&self, op: &mut ReadOp, id: RequestId, node: NodeId, now: Millis) -> Effect {
+        op.pending.insert(node);
+        Effect::Send {
+            to: node,
+            msg: Message::Get(GetRequest {
+                id,
+                partition: op.partition,
+                key: op.key.clone(),
+                budget_ms: budget(op.deadline, now),
+            }),
+        }
     }
 
     /// The outcome of an [`Effect::StoreLocal`].
@@ -845,15 +870,23 @@ impl Coordinator {
         };
         let mut effects = Vec::new();
         if op.pending.remove(&from) {
-            if let Ok(set) = answer {
-                op.answers.push((from, set));
+            match answer {
+                Ok(set) => op.answers.push((from, set)),
+                // A replica that failed gets a fallback at once.
+                Err(_) if !op.replied => {
+                    if let Some(fallback) = op.spares.pop_front() {
+                        let at = op.deadline.0.saturating_sub(self.config.timeout_ms);
+                        effects.push(self.ask_read(&mut op, id, fallback, Millis(at)));
+                    }
+                }
+                Err(_) => {}
             }
         }
         if !op.replied {
             let got = op.answers.len();
             let result = if got >= op.needed {
                 Some(Ok(Answer::Read(merge_answers(&op.answers))))
-            } else if got + op.pending.len() < op.needed {
+            } else if got + op.pending.len() + op.spares.len() < op.needed {
                 self.stats.unavailable += 1;
                 Some(Err(QuorumError::Unavailable {
                     what: "R",
@@ -930,7 +963,18 @@ impl Coordinator {
                     }
                     self.ops.insert(id, Op::Write(op));
                 }
-                Op::Read(op) => {
+                Op::Read(mut op) => {
+                    if !op.replied && op.hedge_at.is_some_and(|at| now >= at) {
+                        // Replicas silent this long get a fallback each, as
+                        // writes do; a late answer still counts.
+                        op.hedge_at = None;
+                        for _ in 0..op.pending.len() {
+                            let Some(fallback) = op.spares.pop_front() else {
+                                break;
+                            };
+                            effects.push(self.ask_read(&mut op, id, fallback, now));
+                        }
+                    }
                     if now >= op.deadline {
                         if !op.replied {
                             self.stats.timeouts += 1;

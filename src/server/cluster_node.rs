@@ -144,6 +144,12 @@ pub const INCARNATION_FILE: &str = "cluster-incarnation";
 /// The first word of the incarnation file: its format version.
 const INCARNATION_MAGIC: &str = "ringkv-incarnation-v1";
 
+/// The file in the data directory listing the peers last seen in the ring.
+pub const MEMBERS_FILE: &str = "cluster-members";
+
+/// The first line of the members file: its format version.
+const MEMBERS_MAGIC: &str = "ringkv-members-v1";
+
 /// Back-off of a join task between attempts to ask a seed for its peer address.
 const JOIN_RETRY_INITIAL: Duration = Duration::from_millis(100);
 const JOIN_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -258,6 +264,15 @@ struct Core {
     /// Bumped after every change of the ring or of a member's status, so the
     /// data path re-reads the membership only when it changed.
     view_version: AtomicU64,
+    /// Whether this node was started as part of a cluster: with `--join`
+    /// seeds, or with peers remembered in the members file. Such a node
+    /// must not mistake its empty member list at start-up for a cluster of
+    /// one (see [`ClusterHandle::expects_peers`]).
+    expects_peers: bool,
+    /// The data directory (for the members file).
+    dir: std::path::PathBuf,
+    /// The peer addresses last written to the members file.
+    remembered: Mutex<Vec<String>>,
     /// The data path, once the server has built it: `Put`, `Get` and
     /// `Forward` messages go there.
     data: std::sync::OnceLock<Arc<DataPath>>,
@@ -294,6 +309,13 @@ impl ClusterHandle {
     /// Runs `f` on the membership under its lock (keep it short).
     pub fn with_membership<T>(&self, f: impl FnOnce(&Membership) -> T) -> T {
         f(&self.core.membership.lock())
+    }
+
+    /// Whether this node was started as part of a cluster (`--join`, or
+    /// peers remembered from its last life): until it has found a peer, it
+    /// must not serve data as a cluster of one.
+    pub fn expects_peers(&self) -> bool {
+        self.core.expects_peers
     }
 
     /// Milliseconds since this node started (the membership's clock).
@@ -377,6 +399,10 @@ impl ClusterNode {
         );
         let id = NodeId::from_peer_addr(&peer_addr);
         let incarnation = next_incarnation(&config.dir)?;
+        let remembered: Vec<String> = read_members(&config.dir)
+            .into_iter()
+            .filter(|p| *p != peer_addr)
+            .collect();
         let peers = PeerClient::new(PeerConfig {
             node_id: id.to_string(),
             ..provisional
@@ -407,6 +433,9 @@ impl ClusterNode {
             counters: Counters::default(),
             last_rejection: Mutex::new(None),
             view_version: AtomicU64::new(0),
+            expects_peers: !seeds.is_empty() || !remembered.is_empty(),
+            dir: config.dir.clone(),
+            remembered: Mutex::new(remembered.clone()),
             data: std::sync::OnceLock::new(),
             anti_entropy: std::sync::OnceLock::new(),
             rebalance: std::sync::OnceLock::new(),
@@ -419,6 +448,13 @@ impl ClusterNode {
             incarnation = incarnation.0,
             "cluster node started"
         );
+        // Knock on the peers this node last saw in the ring: a restarted
+        // node finds its cluster even without --join (gossip keeps knocking
+        // on them every round while it is alone).
+        for peer in &remembered {
+            let effects = core.membership.lock().meet(peer.clone());
+            core.apply(effects);
+        }
         let gossip_task = tokio::spawn(gossip_loop(core.clone()));
         for (host, port) in seeds {
             core.clone().spawn_join(host, port, JoinKind::Seed);
@@ -621,10 +657,35 @@ impl Core {
         // membership, then ring; readers never nest them.)
         let membership = self.membership.lock();
         match membership.ring() {
-            Ok(ring) => *self.ring.write() = Arc::new(RingView::new(ring)),
+            Ok(ring) => {
+                let peers: Vec<String> = ring
+                    .members()
+                    .iter()
+                    .filter(|id| **id != self.id)
+                    .filter_map(|id| membership.member(*id).map(|m| m.peer_addr.clone()))
+                    .collect();
+                *self.ring.write() = Arc::new(RingView::new(ring));
+                self.remember(peers);
+            }
             // Only an empty member set (this node left and everyone else is
             // gone) fails; keep the last ring for PREFLIST and friends.
             Err(e) => debug!(error = %e, "ring not rebuilt"),
+        }
+    }
+
+    /// Writes the members file when the ring's peers changed. An empty
+    /// ring of one is written too (every other member left or was
+    /// forgotten: a restart is then a cluster of one); a ring that only
+    /// lost members to `Down` keeps them, since `Down` members stay in it.
+    fn remember(&self, mut peers: Vec<String>) {
+        peers.sort();
+        let mut last = self.remembered.lock();
+        if *last == peers {
+            return;
+        }
+        match write_members(&self.dir, &peers) {
+            Ok(()) => *last = peers,
+            Err(e) => warn!(error = %e, "cannot write the members file"),
         }
     }
 
@@ -1080,6 +1141,47 @@ fn next_incarnation(dir: &Path) -> Result<Incarnation> {
     Ok(next)
 }
 
+/// The peer addresses in the members file; none if it is missing or
+/// unreadable (logged). Format version 1, ASCII: the line
+/// `ringkv-members-v1`, then one peer address (`host:port`) per line.
+fn read_members(dir: &Path) -> Vec<String> {
+    let path = dir.join(MEMBERS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot read the members file");
+            return Vec::new();
+        }
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(MEMBERS_MAGIC) {
+        warn!(file = %path.display(), "members file of an unknown format; ignored");
+        return Vec::new();
+    }
+    lines
+        .filter(|l| parse_host_port(l).is_ok())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Replaces the members file (temporary file, fsync, rename, fsync dir).
+fn write_members(dir: &Path, peers: &[String]) -> Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{MEMBERS_FILE}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{MEMBERS_MAGIC}")?;
+        for p in peers {
+            writeln!(f, "{p}")?;
+        }
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(MEMBERS_FILE))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
 fn parse_incarnation(text: &str) -> Option<u64> {
     let rest = text.strip_suffix('\n')?.strip_prefix(INCARNATION_MAGIC)?;
     rest.strip_prefix(' ')?.parse().ok()
@@ -1140,6 +1242,23 @@ mod tests {
         // Inconsistent timing is refused when the node starts.
         config.gossip_down_ms = Some(100);
         assert!(gossip_config(&config).validate().is_err());
+    }
+
+    #[test]
+    fn the_members_file_round_trips_and_garbage_is_ignored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(read_members(dir.path()).is_empty());
+        let peers = vec!["127.0.0.1:17001".to_string(), "[::1]:17002".to_string()];
+        write_members(dir.path(), &peers).expect("write");
+        assert_eq!(read_members(dir.path()), peers);
+        std::fs::write(dir.path().join(MEMBERS_FILE), b"\xff\x00garbage").expect("write");
+        assert!(read_members(dir.path()).is_empty());
+        std::fs::write(
+            dir.path().join(MEMBERS_FILE),
+            "ringkv-members-v1\nnot an address\n127.0.0.1:1\n",
+        )
+        .expect("write");
+        assert_eq!(read_members(dir.path()), ["127.0.0.1:1"]);
     }
 
     #[test]

@@ -54,7 +54,14 @@
 //!
 //! A cluster of one node skips all of this: the command runs on the local
 //! keyspace exactly as it did before clustering (the fast path of the
-//! single-node benchmarks).
+//! single-node benchmarks). But a node started as part of a cluster (with
+//! `--join`, or with peers remembered in its data directory from its last
+//! life) knows only itself until gossip finds the others; until then it
+//! answers data commands `-UNAVAILABLE ... not found its cluster yet`
+//! instead of acting as a cluster of one, which would answer reads from its
+//! own replica alone and acknowledge writes with one copy, most of them of
+//! keys it does not own (the chaos test caught that losing acknowledged
+//! writes).
 //!
 //! # The replica side
 //!
@@ -106,6 +113,12 @@ use crate::protocol::{encode, ProtocolVersion, Reply};
 use crate::storage::SeqNo;
 use crate::version::SiblingSet;
 
+/// The answer to data commands on a node that was started as part of a
+/// cluster (`--join`, or peers remembered from its last life) and has not
+/// found any of it yet.
+pub const NOT_JOINED: &str =
+    "UNAVAILABLE this node has not found its cluster yet (no peer answered); retry shortly";
+
 /// How often the ticker drives the coordinator's timers while requests are
 /// in flight (the granularity of hedged fallbacks and deadlines).
 pub const TICK_EVERY: Duration = Duration::from_millis(10);
@@ -153,6 +166,8 @@ pub struct DataPath {
     synced_view: AtomicU64,
     /// The ring has this node only: commands run on the local keyspace.
     alone: AtomicBool,
+    /// The ring has had another member since this node started.
+    seen_peers: AtomicBool,
     partitions: u32,
     fsync: FsyncPolicy,
     timeout: Duration,
@@ -193,6 +208,7 @@ impl DataPath {
             addrs: RwLock::new(HashMap::new()),
             synced_view: AtomicU64::new(u64::MAX),
             alone: AtomicBool::new(true),
+            seen_peers: AtomicBool::new(false),
             timeout: Duration::from_millis(timeout_ms),
             next_forward: AtomicU64::new(0),
             counters: Counters::default(),
@@ -221,6 +237,12 @@ impl DataPath {
     ) -> (Reply, Option<SeqNo>) {
         self.refresh();
         if self.alone.load(Relaxed) {
+            if self.cluster.expects_peers() && !self.seen_peers.load(Relaxed) {
+                // A node of a cluster that has not found it yet: its replica
+                // alone is not a quorum, and the keys it would write are
+                // mostly not its own.
+                return (Reply::Error(NOT_JOINED.to_string()), None);
+            }
             return self.keyspace.execute_unsynced(args).await;
         }
         let mut lower = [0u8; 16];
@@ -277,6 +299,23 @@ impl DataPath {
     }
 
     async fn coordinate(&self, key: &Bytes, args: &[Bytes], class: Class) -> Result<Reply> {
+        if class == Class::Blind && self.replica().read(Key::new(key))?.is_none() {
+            // This replica knows nothing of the key, but it may have written
+            // it before (and handed its copy off, or lost it with a rejoin
+            // while others kept it): a new version would reuse one of its own
+            // old dots, which the replicas holding the old one would take
+            // for a version they already have, and drop. Reading the quorum
+            // first brings the key's clock, and those dots, here. The read
+            // is best effort: a write must stay available when a quorum
+            // cannot be read (Dynamo's "always writable").
+            match self.quorum_read(key).await {
+                Ok(set) if !set.is_empty() => {
+                    self.replica().merge_remote(Key::new(key), set)?;
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "no quorum read before a blind write; writing anyway"),
+            }
+        }
         if class == Class::ReadFirst && args[0].eq_ignore_ascii_case(b"get") {
             // The hot read: answer from the quorum's merge; read repair
             // (this replica included) follows once every owner answered.
@@ -725,6 +764,9 @@ impl DataPath {
         });
         match synced {
             (Ok(()), alone) => {
+                if !alone {
+                    self.seen_peers.store(true, Relaxed);
+                }
                 self.alone.store(alone, Relaxed);
                 self.synced_view.store(version, Relaxed);
             }

@@ -1373,3 +1373,23 @@ fn a_read_with_owners_down_asks_fallbacks_in_their_place_and_repairs_only_owners
     );
     assert_eq!(coord.in_flight(), 0);
 }
+
+#[test]
+fn a_read_with_two_silent_owners_is_answered_through_a_fallback_after_the_hedge_delay() {
+    let mut c = Cluster::new(5, 3);
+    let pref = c.preference(KEY);
+    assert_eq!(c.set(pref[0], KEY, "v"), Ok(Answer::Written));
+    c.settle();
+    // Two owners die and nobody has noticed yet: their Gets hang.
+    c.kill(pref[1], false);
+    c.kill(pref[2], false);
+    let started = c.now;
+    let read = c.get(pref[0], KEY).expect("R=2 through a fallback");
+    let took = c.now.since(started);
+    assert!(
+        took >= QuorumConfig::default().fallback_after_ms && took < 1000,
+        "answered after {took} ms"
+    );
+    // The fallback holds no hint for the key: the owner's copy is the answer.
+    assert_eq!(values(&read), ["v"]);
+}
