@@ -230,6 +230,16 @@ fn with_two_owners_down_writes_and_reads_go_to_fallbacks_and_hints_reach_the_own
         })
         .collect();
     assert!(!held.is_empty(), "no fallback holds a hint");
+    // INFO names the targets too, one line each.
+    let info = match c.cmd(held[0], &["INFO", "cluster"]) {
+        Ok(v) => support::text_of(&v).unwrap_or_default(),
+        Err(e) => panic!("INFO cluster: {e}"),
+    };
+    assert!(
+        down.iter()
+            .any(|&n| info.contains(&format!("hints_for_{}:hints=", c.id(n)))),
+        "{info}"
+    );
     for &n in &held {
         c.kill(n);
         c.restart(n);

@@ -809,6 +809,16 @@ impl DataPath {
             out.push_str(&value.to_string());
             out.push_str("\r\n");
         }
+        // One line per target, in the style of Redis' `slave0:...` lines.
+        for (target, count, bytes) in hints {
+            let status = self
+                .cluster
+                .with_membership(|m| m.status(target))
+                .map_or_else(|| "unknown".to_string(), |s| s.to_string());
+            out.push_str(&format!(
+                "hints_for_{target}:hints={count},bytes={bytes},status={status}\r\n"
+            ));
+        }
     }
 
     /// `CLUSTER HINTS`: the hints held here, per target replica.
