@@ -519,6 +519,18 @@ impl Coordinator {
         }
     }
 
+    /// The healthy owners of `key` other than this node, in preference
+    /// order: where a forward goes, the next one if a forward could not be
+    /// sent to the one before.
+    pub fn forward_targets(&self, key: &[u8]) -> Vec<NodeId> {
+        self.ring
+            .owners(self.ring.partition_for_key(key))
+            .iter()
+            .copied()
+            .filter(|&n| n != self.me && self.healthy(n))
+            .collect()
+    }
+
     /// Start a write of `set` (the key's new sibling set, built by the
     /// caller) for a client. Returns the request's id, which the final
     /// [`Effect::Reply`] repeats, or an `InvalidInput` error, with nothing

@@ -277,15 +277,20 @@ impl DataPath {
         origin: Origin,
     ) -> Reply {
         let key = &args[1];
-        let (route, owner_here) = {
+        let (route, owner_here, targets) = {
             let mut c = self.coordinator.lock();
             let route = c.route(key, origin);
             let ring = c.ring();
             let owners = ring.owners(ring.partition_for_key(key));
-            (route, owners.contains(&self.me))
+            let owner_here = owners.contains(&self.me);
+            let targets = match route {
+                Route::Forward(_) => c.forward_targets(key),
+                Route::Coordinate => Vec::new(),
+            };
+            (route, owner_here, targets)
         };
         match route {
-            Route::Forward(owner) => self.forward(owner, args, proto).await,
+            Route::Forward(_) => self.forward(&targets, args, proto).await,
             Route::Coordinate if owner_here || origin == Origin::Forwarded => {
                 match self.coordinate(key, args, class).await {
                     Ok(reply) => reply,
@@ -383,14 +388,12 @@ impl DataPath {
         }
     }
 
-    /// Sends the client's command to `owner` and returns its encoded reply.
-    async fn forward(&self, owner: NodeId, args: &[Bytes], proto: ProtocolVersion) -> Reply {
-        let Some(addr) = self.addr_of(owner) else {
-            return Reply::Error(format!(
-                "UNAVAILABLE replica {} of this key has no known address",
-                owner.short()
-            ));
-        };
+    /// Sends the client's command to the first of `owners` that takes it and
+    /// returns its encoded reply. An owner the transport refused before
+    /// sending anything (a dial still backing off just after the owner came
+    /// back, say) is skipped for the next; one that may have received the
+    /// command is not, so a command never runs twice.
+    async fn forward(&self, owners: &[NodeId], args: &[Bytes], proto: ProtocolVersion) -> Reply {
         // The owner has its own request timeout; wait a little longer so
         // that its TIMEOUT answer, not ours, reaches the client.
         let wait = self.timeout + self.timeout / 2;
@@ -400,36 +403,57 @@ impl DataPath {
             resp3: proto == ProtocolVersion::Resp3,
             budget_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
         });
-        let answer = self
-            .cluster
-            .peers()
-            .request(addr, Bytes::from(request.encode()), wait)
-            .await;
+        let payload = Bytes::from(request.encode());
         let failed = |what: String| {
             self.counters.forward_failures.fetch_add(1, Relaxed);
             Reply::Error(what)
         };
-        match answer {
-            Ok(bytes) => match Message::decode(&bytes) {
-                Ok(Message::ForwardReply(r)) => Reply::Raw(Bytes::from(r.reply)),
-                Ok(other) => failed(format!(
-                    "ERR replica {} answered a forward with '{}'",
-                    owner.short(),
-                    other.kind()
-                )),
-                Err(e) => failed(format!(
-                    "ERR replica {} answered garbage: {e}",
-                    owner.short()
-                )),
-            },
-            Err(e @ crate::server::peer::PeerError::Timeout { .. }) => failed(format!(
-                "TIMEOUT forwarded to replica {} and got no answer: {e}",
-                owner.short()
-            )),
-            Err(e) => failed(format!(
+        let mut last = None;
+        for &owner in owners {
+            let Some(addr) = self.addr_of(owner) else {
+                continue;
+            };
+            match self
+                .cluster
+                .peers()
+                .request(addr, payload.clone(), wait)
+                .await
+            {
+                Ok(bytes) => {
+                    return match Message::decode(&bytes) {
+                        Ok(Message::ForwardReply(r)) => Reply::Raw(Bytes::from(r.reply)),
+                        Ok(other) => failed(format!(
+                            "ERR replica {} answered a forward with '{}'",
+                            owner.short(),
+                            other.kind()
+                        )),
+                        Err(e) => failed(format!(
+                            "ERR replica {} answered garbage: {e}",
+                            owner.short()
+                        )),
+                    }
+                }
+                Err(e) if e.never_sent() => last = Some((owner, e)),
+                Err(e @ crate::server::peer::PeerError::Timeout { .. }) => {
+                    return failed(format!(
+                        "TIMEOUT forwarded to replica {} and got no answer: {e}",
+                        owner.short()
+                    ))
+                }
+                Err(e) => {
+                    return failed(format!(
+                        "UNAVAILABLE lost the connection to replica {} of this key: {e}",
+                        owner.short()
+                    ))
+                }
+            }
+        }
+        match last {
+            Some((owner, e)) => failed(format!(
                 "UNAVAILABLE cannot reach replica {} of this key: {e}",
                 owner.short()
             )),
+            None => failed("UNAVAILABLE no replica of this key has a known address".to_string()),
         }
     }
 

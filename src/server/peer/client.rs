@@ -532,7 +532,7 @@ async fn run_link(link: Arc<Link>, mut queue: mpsc::Receiver<Outgoing>, env: Lin
                 if shutdown.is_cancelled() {
                     break 'link;
                 }
-                let reason = format!("connection lost: {ended}");
+                let reason = format!("{}: {ended}", super::CONNECTION_LOST);
                 link.fail_written_on(connection, || PeerError::Unavailable {
                     addr,
                     reason: reason.clone(),

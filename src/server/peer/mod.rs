@@ -373,7 +373,23 @@ impl PeerError {
             PeerError::Timeout { .. } | PeerError::Unavailable { .. } | PeerError::QueueFull { .. }
         )
     }
+
+    /// Whether the message certainly never reached the peer (refused before
+    /// sending: back-off, a failed dial, a full queue, too large), so sending
+    /// it elsewhere cannot make it happen twice. A request lost with its
+    /// connection, or one that timed out, may have been carried out.
+    pub fn never_sent(&self) -> bool {
+        match self {
+            PeerError::Unavailable { reason, .. } => !reason.starts_with(CONNECTION_LOST),
+            PeerError::QueueFull { .. } | PeerError::TooLarge { .. } => true,
+            PeerError::Timeout { .. } | PeerError::Remote { .. } | PeerError::Closed => false,
+        }
+    }
 }
+
+/// How the reason of a [`PeerError::Unavailable`] starts when the request
+/// was written on a connection that then broke (it may have been served).
+pub(crate) const CONNECTION_LOST: &str = "connection lost";
 
 impl From<PeerError> for Error {
     fn from(e: PeerError) -> Self {
@@ -422,6 +438,27 @@ mod tests {
         let mut bad = config;
         bad.queue_depth = 0;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn only_errors_raised_before_sending_say_the_message_was_never_sent() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("literal address");
+        let refused = PeerError::Unavailable {
+            addr,
+            reason: "Connection refused (os error 111) (retrying in 40 ms)".into(),
+        };
+        assert!(refused.never_sent());
+        let lost = PeerError::Unavailable {
+            addr,
+            reason: format!("{CONNECTION_LOST}: closed by peer"),
+        };
+        assert!(!lost.never_sent(), "a written request may have been served");
+        assert!(PeerError::QueueFull { addr }.never_sent());
+        let timeout = PeerError::Timeout {
+            addr,
+            after: Duration::from_secs(1),
+        };
+        assert!(!timeout.never_sent());
     }
 
     #[test]
