@@ -7,7 +7,8 @@
 //! down replica). This task only carries out their plans:
 //!
 //! ```text
-//! every TICK (100 ms), for each target with pending hints:
+//! every TICK (100 ms), and as soon as a batch settles, for each target
+//! with pending hints:
 //!     plan = store.plan_handoff(planner, target, gossip status, now)   // on a blocking thread
 //!     drop plan.expired, quarantine plan.corrupt
 //!     plan.send: one Put per hint (no hint_for: the owner merges it into its
@@ -55,6 +56,10 @@ pub async fn run(
     let stop = cluster.shutdown_token();
     let window_ms = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
     let planner = Arc::new(Mutex::new(HandoffPlanner::new(config)));
+    // A settled batch wakes the loop at once: the next batch for that owner
+    // is planned without waiting for the tick (which would cap a replay at
+    // one batch per owner per tick, whatever the throttle allows).
+    let settled = Arc::new(tokio::sync::Notify::new());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_expiry = std::time::Instant::now();
@@ -62,6 +67,7 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = settled.notified() => {}
         }
         if last_expiry.elapsed() >= EXPIRE_EVERY {
             last_expiry = std::time::Instant::now();
@@ -119,13 +125,16 @@ pub async fn run(
                     continue;
                 }
             };
-            tokio::spawn(send_batch(
-                batch,
+            let (s, p, c, done) = (
                 store.clone(),
                 planner.clone(),
                 cluster.clone(),
-                request_timeout,
-            ));
+                settled.clone(),
+            );
+            tokio::spawn(async move {
+                send_batch(batch, s, p, c, request_timeout).await;
+                done.notify_one();
+            });
         }
     }
 }
