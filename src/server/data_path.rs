@@ -409,6 +409,7 @@ impl DataPath {
             Reply::Error(what)
         };
         let mut last = None;
+        let mut last_refusal = None;
         for &owner in owners {
             let Some(addr) = self.addr_of(owner) else {
                 continue;
@@ -421,6 +422,12 @@ impl DataPath {
             {
                 Ok(bytes) => {
                     return match Message::decode(&bytes) {
+                        // An owner that came back and has not found its
+                        // cluster yet ran nothing: try the next one.
+                        Ok(Message::ForwardReply(r)) if is_not_joined(&r.reply) => {
+                            last_refusal = Some(Reply::Raw(Bytes::from(r.reply)));
+                            continue;
+                        }
                         Ok(Message::ForwardReply(r)) => Reply::Raw(Bytes::from(r.reply)),
                         Ok(other) => failed(format!(
                             "ERR replica {} answered a forward with '{}'",
@@ -431,7 +438,7 @@ impl DataPath {
                             "ERR replica {} answered garbage: {e}",
                             owner.short()
                         )),
-                    }
+                    };
                 }
                 Err(e) if e.never_sent() => last = Some((owner, e)),
                 Err(e @ crate::server::peer::PeerError::Timeout { .. }) => {
@@ -447,6 +454,9 @@ impl DataPath {
                     ))
                 }
             }
+        }
+        if let Some(refusal) = last_refusal {
+            return refusal;
         }
         match last {
             Some((owner, e)) => failed(format!(
@@ -1008,6 +1018,13 @@ fn arity_ok(name: &str, n: usize) -> bool {
     }
 }
 
+/// Whether an encoded reply is [`NOT_JOINED`] (the node ran nothing).
+fn is_not_joined(reply: &[u8]) -> bool {
+    reply
+        .strip_prefix(b"-")
+        .is_some_and(|r| r.starts_with(NOT_JOINED.as_bytes()))
+}
+
 /// The integer of a reply (a forwarded one is still encoded).
 fn integer_of(reply: &Reply) -> Option<i64> {
     match reply {
@@ -1109,6 +1126,19 @@ mod tests {
         let err = Reply::Raw(Bytes::from_static(b"-UNAVAILABLE x\r\n"));
         assert_eq!(first_error(vec![Reply::OK, err.clone()]), Some(err));
         assert_eq!(first_error(vec![Reply::OK]), None);
+    }
+
+    #[test]
+    fn a_forwarded_not_joined_refusal_is_recognised() {
+        let mut out = BytesMut::new();
+        encode(
+            &Reply::Error(NOT_JOINED.to_string()),
+            ProtocolVersion::Resp3,
+            &mut out,
+        );
+        assert!(is_not_joined(&out));
+        assert!(!is_not_joined(b"-UNAVAILABLE needed W=2 acks, got 1\r\n"));
+        assert!(!is_not_joined(b"+OK\r\n"));
     }
 
     #[test]
