@@ -837,8 +837,6 @@ pub struct AntiEntropy {
     /// One initiated session at a time (periodic or manual).
     initiating: tokio::sync::Mutex<()>,
     check_cursor: AtomicU64,
-    /// The ring of the last view version seen (sessions ask it often).
-    ring: Mutex<Option<(u64, Arc<Ring>)>>,
     task: Mutex<Option<JoinHandle<()>>>,
     /// When this node last compared equal roots with each peer, per
     /// partition: the wall-clock ms at the start of that session.
@@ -860,7 +858,6 @@ impl AntiEntropy {
             config,
             initiating: tokio::sync::Mutex::new(()),
             check_cursor: AtomicU64::new(0),
-            ring: Mutex::new(None),
             task: Mutex::new(None),
             in_sync_at: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -910,15 +907,7 @@ impl AntiEntropy {
 
     /// The current ring, rebuilt only when the membership's view moved.
     fn ring(&self) -> Result<Arc<Ring>> {
-        let version = self.cluster.view_version();
-        if let Some((seen, ring)) = &*self.ring.lock() {
-            if *seen == version {
-                return Ok(ring.clone());
-            }
-        }
-        let ring = Arc::new(self.cluster.with_membership(|m| m.ring())?);
-        *self.ring.lock() = Some((version, ring.clone()));
-        Ok(ring)
+        Ok(self.cluster.ring())
     }
 
     /// Whether the ring makes this node an owner of partition `number`.

@@ -233,7 +233,7 @@ struct Counters {
 /// The ring of the current members, with how many partitions each holds.
 #[derive(Debug)]
 struct RingView {
-    ring: Ring,
+    ring: Arc<Ring>,
     owned: BTreeMap<NodeId, usize>,
 }
 
@@ -245,7 +245,10 @@ impl RingView {
                 *owned.entry(*id).or_insert(0) += 1;
             }
         }
-        RingView { ring, owned }
+        RingView {
+            ring: Arc::new(ring),
+            owned,
+        }
     }
 }
 
@@ -299,6 +302,12 @@ impl ClusterHandle {
     /// The internode transport (requests to peers).
     pub fn peers(&self) -> &PeerClient {
         &self.core.peers
+    }
+
+    /// The ring of the current members (rebuilt when they change; shared,
+    /// so callers need no cache of their own).
+    pub fn ring(&self) -> Arc<Ring> {
+        self.core.ring.read().ring.clone()
     }
 
     /// A number that changes whenever the ring or a member's status changed.

@@ -246,7 +246,7 @@ impl DataPath {
             return self.keyspace.execute_unsynced(args).await;
         }
         let mut lower = [0u8; 16];
-        let Some(name) = lowercase(&args[0], &mut lower) else {
+        let Some(name) = keyspace::lowercase(&args[0], &mut lower) else {
             return self.keyspace.execute_unsynced(args).await;
         };
         if !arity_ok(name, args.len()) {
@@ -1044,17 +1044,6 @@ fn first_error(replies: Vec<Reply>) -> Option<Reply> {
         Reply::Raw(bytes) => bytes.first() == Some(&b'-'),
         _ => false,
     })
-}
-
-/// ASCII-lowercases a command name into `buf`; `None` if too long.
-fn lowercase<'a>(name: &[u8], buf: &'a mut [u8; 16]) -> Option<&'a str> {
-    if name.len() > buf.len() || !name.is_ascii() {
-        return None;
-    }
-    let out = &mut buf[..name.len()];
-    out.copy_from_slice(name);
-    out.make_ascii_lowercase();
-    std::str::from_utf8(out).ok()
 }
 
 #[cfg(test)]

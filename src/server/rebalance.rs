@@ -216,8 +216,6 @@ pub struct Rebalance {
     config: RebalanceConfig,
     planner: Mutex<Planner>,
     bucket: Mutex<TokenBucket>,
-    /// The ring of the last view version seen.
-    ring: Mutex<Option<(u64, Arc<Ring>)>>,
     status: Mutex<RoundStatus>,
     counters: Counters,
     next_id: AtomicU64,
@@ -239,7 +237,6 @@ impl Rebalance {
             keyspace,
             cluster,
             config,
-            ring: Mutex::new(None),
             status: Mutex::new(RoundStatus::default()),
             counters: Counters::default(),
             next_id: AtomicU64::new(0),
@@ -332,15 +329,7 @@ impl Rebalance {
 
     /// The current ring, rebuilt only when the membership's view moved.
     fn ring(&self) -> Result<Arc<Ring>> {
-        let version = self.cluster.view_version();
-        if let Some((seen, ring)) = &*self.ring.lock() {
-            if *seen == version {
-                return Ok(ring.clone());
-            }
-        }
-        let ring = Arc::new(self.cluster.with_membership(|m| m.ring())?);
-        *self.ring.lock() = Some((version, ring.clone()));
-        Ok(ring)
+        Ok(self.cluster.ring())
     }
 
     /// How long the view must stay put before a round plans with it.

@@ -631,7 +631,7 @@ fn unknown_command(name: &[u8], args: &[Bytes]) -> Error {
 
 /// ASCII-lowercases a command name into `buf`; `None` if it is too long or
 /// not ASCII (no data command is).
-fn lowercase<'a>(name: &[u8], buf: &'a mut [u8; 16]) -> Option<&'a str> {
+pub(crate) fn lowercase<'a>(name: &[u8], buf: &'a mut [u8; 16]) -> Option<&'a str> {
     if name.len() > buf.len() || !name.is_ascii() {
         return None;
     }
